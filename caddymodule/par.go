@@ -1,0 +1,263 @@
+package caddymodule
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// requestURIPrefix is the URN namespace of RFC 9126 §2.2; any request_uri
+// starting with it is taken to be this gateway's.
+const requestURIPrefix = "urn:ietf:params:oauth:request_uri:"
+
+// refBytes is the random part of a reference: 256 bits (RFC 9101 §10.2 asks
+// for at least 128).
+const refBytes = 32
+
+// refLen is the length of the base64url encoding of refBytes.
+var refLen = base64.RawURLEncoding.EncodedLen(refBytes)
+
+// newRef returns a fresh reference from crypto/rand.
+func newRef() (string, error) {
+	var b [refBytes]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// validRef reports whether s has the shape of a reference we issue, so that
+// junk never reaches the store.
+func validRef(s string) bool {
+	return len(s) == refLen && isBase64URL(s)
+}
+
+// isBase64URL reports whether s uses only the unpadded base64url alphabet.
+func isBase64URL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// parResponse is the RFC 9126 §2.2 success body.
+type parResponse struct {
+	RequestURI string `json:"request_uri"`
+	ExpiresIn  int64  `json:"expires_in"`
+}
+
+// servePAR is the pushed authorization request endpoint (RFC 9126 §2).
+func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request) {
+	clientID, resp, oerr := g.push(r)
+	if oerr != nil {
+		g.logOutcome("par", clientID, "rejected", oerr.Code, "")
+		writeJSONError(w, oerr)
+		return
+	}
+	g.logOutcome("par", clientID, "issued", "", resp.RequestURI[len(requestURIPrefix):])
+	writeJSON(w, http.StatusCreated, resp)
+}
+
+// push runs the RFC 9126 §2.1 steps in order: authenticate the client,
+// reject request_uri, validate the request, then store it.
+func (g *gateway) push(r *http.Request) (clientID string, _ *parResponse, _ *oauthError) {
+	if r.Method != http.MethodPost {
+		e := newError(http.StatusMethodNotAllowed, ErrInvalidRequest, "the PAR endpoint accepts only POST")
+		e.header = http.Header{"Allow": {http.MethodPost}}
+		return "", nil, e
+	}
+	form, oerr := g.readForm(r)
+	if oerr != nil {
+		return "", nil, oerr
+	}
+	// RFC 6749 §3.1: parameters MUST NOT be included more than once.
+	for k, v := range form {
+		if len(v) > 1 {
+			return "", nil, badRequest(ErrInvalidRequest, "parameter "+strconv.Quote(k)+" is repeated")
+		}
+	}
+	c, _, oerr := g.auth.authenticate(r, form)
+	if oerr != nil {
+		return logID(form.Get("client_id")), nil, oerr
+	}
+	if oerr := validatePush(c, form); oerr != nil {
+		return c.id, nil, oerr
+	}
+
+	ref, err := newRef()
+	if err != nil {
+		g.logger.Error("generating request_uri failed", zap.Error(err))
+		return c.id, nil, newError(http.StatusInternalServerError, ErrServerError, "could not issue a request_uri")
+	}
+	// The stored request is the push as sent, minus credentials and the
+	// parameters that RFC 6749 §3.1 says to treat as omitted (empty).
+	stored := url.Values{}
+	for k, v := range form {
+		if v[0] != "" && !isClientAuthParam(k) {
+			stored[k] = v
+		}
+	}
+	expires := g.now().Add(g.lifetime)
+	err = g.store.Put(r.Context(), g.storeKey(ref), PushedRequest{ClientID: c.id, Params: stored.Encode(), ExpiresAt: expires})
+	if err != nil {
+		// A request_uri is only issued when it will work until it expires.
+		if !errors.Is(err, ErrStoreUnavailable) {
+			g.logger.Error("storing pushed request failed", zap.Error(err))
+		} else {
+			g.logger.Warn("pushed request not stored", zap.String("client_id", c.id), zap.Error(err))
+		}
+		e := newError(http.StatusServiceUnavailable, ErrTemporarilyUnavailable, "the pushed request could not be stored; retry later")
+		e.header = http.Header{"Retry-After": {"1"}}
+		return c.id, nil, e
+	}
+	return c.id, &parResponse{RequestURI: requestURIPrefix + ref, ExpiresIn: int64(g.lifetime / time.Second)}, nil
+}
+
+// readForm reads the bounded application/x-www-form-urlencoded body.
+func (g *gateway) readForm(r *http.Request) (url.Values, *oauthError) {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/x-www-form-urlencoded" {
+		return nil, badRequest(ErrInvalidRequest, "the request body must be application/x-www-form-urlencoded")
+	}
+	if r.ContentLength > g.maxRequestSize {
+		return nil, tooLarge(g.maxRequestSize)
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, g.maxRequestSize+1))
+	if err != nil {
+		return nil, badRequest(ErrInvalidRequest, "could not read the request body")
+	}
+	if int64(len(body)) > g.maxRequestSize {
+		return nil, tooLarge(g.maxRequestSize)
+	}
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
+		return nil, badRequest(ErrInvalidRequest, "malformed form body")
+	}
+	return form, nil
+}
+
+func tooLarge(limit int64) *oauthError {
+	return newError(http.StatusRequestEntityTooLarge, ErrInvalidRequest,
+		fmt.Sprintf("the request body exceeds %d bytes", limit))
+}
+
+func isClientAuthParam(k string) bool {
+	for _, p := range clientAuthParams {
+		if k == p {
+			return true
+		}
+	}
+	return false
+}
+
+// validatePush validates a pushed request as an authorization request
+// (RFC 9126 §2.1) for the authenticated client c.
+func validatePush(c *client, form url.Values) *oauthError {
+	// RFC 9126 §2.1: request_uri MUST NOT be provided in a push.
+	if form.Has("request_uri") {
+		return badRequest(ErrInvalidRequest, "request_uri must not be used at the PAR endpoint")
+	}
+	if form.Has("request") {
+		return badRequest(ErrRequestNotSupported, "request objects are not supported by this gateway")
+	}
+	// RFC 9126 §2.1: client_id is required in the body, also with HTTP
+	// Basic, and must be the authenticated client.
+	switch id := form.Get("client_id"); {
+	case id == "":
+		return badRequest(ErrInvalidRequest, "client_id is required")
+	case id != c.id:
+		return badRequest(ErrInvalidRequest, "client_id does not match the authenticated client")
+	}
+	switch rt := form.Get("response_type"); {
+	case rt == "":
+		return badRequest(ErrInvalidRequest, "response_type is required")
+	case rt != "code":
+		return badRequest(ErrUnsupportedResponseType, "only response_type=code is supported")
+	}
+	switch ru := form.Get("redirect_uri"); {
+	case ru == "":
+		return badRequest(ErrInvalidRequest, "redirect_uri is required")
+	case !c.redirectURIs[ru]:
+		return badRequest(ErrInvalidRequest, "redirect_uri is not registered for this client")
+	}
+	if oerr := validateScope(c, form.Get("scope")); oerr != nil {
+		return oerr
+	}
+	return validatePKCE(c, form.Get("code_challenge"), form.Get("code_challenge_method"))
+}
+
+// validateScope checks RFC 6749 §3.3 syntax and the client's allowed scopes.
+func validateScope(c *client, scope string) *oauthError {
+	if scope == "" {
+		return nil
+	}
+	for _, s := range strings.Split(scope, " ") {
+		if s == "" || !isScopeToken(s) {
+			return badRequest(ErrInvalidScope, "malformed scope")
+		}
+		if c.allowedScopes != nil && !c.allowedScopes[s] {
+			return badRequest(ErrInvalidScope, "scope "+strconv.Quote(s)+" is not allowed for this client")
+		}
+	}
+	return nil
+}
+
+// isScopeToken: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+func isScopeToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// validatePKCE applies RFC 7636. Only S256 is accepted (RFC 9700 §2.1.1);
+// a public client must use it.
+func validatePKCE(c *client, challenge, method string) *oauthError {
+	if challenge == "" {
+		if method != "" {
+			return badRequest(ErrInvalidRequest, "code_challenge_method without code_challenge")
+		}
+		if c.public {
+			return badRequest(ErrInvalidRequest, "PKCE is required for public clients: code_challenge with code_challenge_method=S256")
+		}
+		return nil
+	}
+	switch method {
+	case "S256":
+	case "", "plain":
+		// RFC 7636 §4.3: a missing method means plain.
+		return badRequest(ErrInvalidRequest, "code_challenge_method must be S256")
+	default:
+		return badRequest(ErrInvalidRequest, "unsupported code_challenge_method")
+	}
+	// S256 challenges are base64url(sha256) without padding: 43 characters.
+	if len(challenge) != 43 || !isBase64URL(challenge) {
+		return badRequest(ErrInvalidRequest, "malformed code_challenge")
+	}
+	return nil
+}
+
+// logID bounds an unauthenticated, caller-chosen client_id before it is
+// logged.
+func logID(id string) string {
+	if len(id) > 64 {
+		return id[:64] + "…"
+	}
+	return id
+}
