@@ -35,6 +35,16 @@ type oauthError struct {
 
 func (e *oauthError) Error() string { return e.Code + ": " + e.Description }
 
+// setHeaders adds the headers that belong to the error whatever the body.
+func (e *oauthError) setHeaders(h http.Header) {
+	for k, v := range e.header {
+		h[k] = v
+	}
+	if e.Status == http.StatusUnauthorized && e.basicTried {
+		h.Set("WWW-Authenticate", `Basic realm="oauth_par", charset="UTF-8"`)
+	}
+}
+
 func newError(status int, code, description string) *oauthError {
 	return &oauthError{Status: status, Code: code, Description: description}
 }
@@ -46,13 +56,7 @@ func badRequest(code, description string) *oauthError {
 // writeJSONError writes the token-endpoint error format (RFC 6749 §5.2) that
 // RFC 9126 §2.3 prescribes for the PAR endpoint.
 func writeJSONError(w http.ResponseWriter, e *oauthError) {
-	h := w.Header()
-	for k, v := range e.header {
-		h[k] = v
-	}
-	if e.Status == http.StatusUnauthorized && e.basicTried {
-		h.Set("WWW-Authenticate", `Basic realm="oauth_par", charset="UTF-8"`)
-	}
+	e.setHeaders(w.Header())
 	writeJSON(w, e.Status, map[string]string{"error": e.Code, "error_description": e.Description})
 }
 
@@ -89,6 +93,7 @@ func writeBrowserError(w http.ResponseWriter, r *http.Request, e *oauthError) {
 		return
 	}
 	h := w.Header()
+	e.setHeaders(h)
 	h.Set("Content-Type", "text/html; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set("Pragma", "no-cache")

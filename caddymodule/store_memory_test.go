@@ -1,0 +1,145 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func newTestCache(t *testing.T, budget int64) *memoryCache {
+	t.Helper()
+	c, err := newMemoryCache(budget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Destruct() })
+	return c
+}
+
+func entry(client string, ttl time.Duration) PushedRequest {
+	return PushedRequest{ClientID: client, Params: "client_id=" + client + "&response_type=code", ExpiresAt: time.Now().Add(ttl)}
+}
+
+func TestMemoryStoreTakeIsOneTime(t *testing.T) {
+	c := newTestCache(t, 1<<20)
+	ctx := t.Context()
+	if err := c.Put(ctx, "k", entry("a", time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Take(ctx, "k", "a")
+	if err != nil || got.ClientID != "a" {
+		t.Fatalf("first take: %v %v", got, err)
+	}
+	if _, err := c.Take(ctx, "k", "a"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second take: %v, want ErrNotFound", err)
+	}
+}
+
+func TestMemoryStoreConcurrentTakeHasOneWinner(t *testing.T) {
+	c := newTestCache(t, 1<<20)
+	ctx := t.Context()
+	for round := range 20 {
+		key := fmt.Sprintf("k%d", round)
+		if err := c.Put(ctx, key, entry("a", time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				if _, err := c.Take(ctx, key, "a"); err == nil {
+					wins.Add(1)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("round %d: %d winners, want 1", round, wins.Load())
+		}
+	}
+}
+
+func TestMemoryStoreClientMismatchDoesNotConsume(t *testing.T) {
+	c := newTestCache(t, 1<<20)
+	ctx := t.Context()
+	if err := c.Put(ctx, "k", entry("a", time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Take(ctx, "k", "b"); !errors.Is(err, ErrClientMismatch) {
+		t.Fatalf("got %v, want ErrClientMismatch", err)
+	}
+	if _, err := c.Take(ctx, "k", "a"); err != nil {
+		t.Fatalf("rightful client after mismatch: %v", err)
+	}
+}
+
+func TestMemoryStoreChecksAbsoluteExpiry(t *testing.T) {
+	c := newTestCache(t, 1<<20)
+	ctx := t.Context()
+	now := time.Now()
+	c.now = func() time.Time { return now }
+	if err := c.Put(ctx, "k", PushedRequest{ClientID: "a", ExpiresAt: now.Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	// ristretto's own TTL has not run out; the stored time has.
+	c.now = func() time.Time { return now.Add(time.Minute) }
+	if _, err := c.Take(ctx, "k", "a"); !errors.Is(err, ErrExpired) {
+		t.Fatalf("got %v, want ErrExpired", err)
+	}
+}
+
+func TestMemoryStoreRefusesInsteadOfEvicting(t *testing.T) {
+	const budget = 16 << 10
+	c := newTestCache(t, budget)
+	ctx := t.Context()
+	params := strings.Repeat("p", 600)
+	var stored []string
+	full := false
+	for i := range 500 {
+		key := fmt.Sprintf("key-%03d", i)
+		err := c.Put(ctx, key, PushedRequest{ClientID: "a", Params: params, ExpiresAt: time.Now().Add(time.Minute)})
+		if errors.Is(err, ErrStoreUnavailable) {
+			full = true
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, key)
+	}
+	if !full || len(stored) == 0 {
+		t.Fatalf("budget never reached (stored %d)", len(stored))
+	}
+	if used := c.used.Load(); used > budget {
+		t.Fatalf("used %d exceeds budget %d", used, budget)
+	}
+	// Every entry that was accepted is still there.
+	for _, key := range stored {
+		if _, err := c.Take(ctx, key, "a"); err != nil {
+			t.Fatalf("accepted entry %s vanished: %v", key, err)
+		}
+	}
+	if used := c.used.Load(); used != 0 {
+		t.Fatalf("budget not returned after takes: %d", used)
+	}
+	if err := c.Put(ctx, "after", PushedRequest{ClientID: "a", Params: params, ExpiresAt: time.Now().Add(time.Minute)}); err != nil {
+		t.Fatalf("push after freeing space: %v", err)
+	}
+}
+
+func TestMemoryStoreRejectsExpiredPut(t *testing.T) {
+	c := newTestCache(t, 1<<20)
+	err := c.Put(t.Context(), "k", PushedRequest{ClientID: "a", ExpiresAt: time.Now().Add(-time.Second)})
+	if !errors.Is(err, ErrStoreUnavailable) {
+		t.Fatalf("got %v", err)
+	}
+}

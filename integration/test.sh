@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The project's one test command (README: "Test"). From a fresh clone on a
+# fresh machine it installs what the tests need, idempotently, then runs:
+#   1. static checks: gofmt, go vet (all three Go modules);
+#   2. unit and in-process Caddy tests: go test -race ./... at the root;
+#   3. end-to-end tests against real Keycloak and Dex upstreams, with
+#      openid-client and headless Chromium (integration/).
+# Downloads are cached in ${CADDY_PAR_CACHE:-~/.cache/caddy-par}.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "prerequisites"
+bash integration/scripts/ensure-chromium.sh
+if [ ! -f integration/js/node_modules/.package-lock.json ] ||
+	! cmp -s integration/js/package-lock.json integration/js/node_modules/.package-lock.json.src 2>/dev/null; then
+	(cd integration/js && npm ci --no-audit --no-fund --loglevel=error)
+	cp integration/js/package-lock.json integration/js/node_modules/.package-lock.json.src
+fi
+keycloak_home=$(bash integration/keycloak/fetch.sh | tail -n 1)
+echo "keycloak: $keycloak_home"
+
+step "static checks"
+unformatted=$(gofmt -l caddymodule cmd integration)
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed:" >&2
+	echo "$unformatted" >&2
+	exit 1
+fi
+go vet ./...
+(cd integration && go vet ./...)
+(cd integration/dex && go vet ./...)
+
+step "unit and in-process Caddy tests"
+go test -race -count=1 -timeout 10m ./...
+
+step "end-to-end tests (Keycloak, Dex, openid-client, Chromium)"
+(cd integration && go test -count=1 -timeout 25m ./...)
