@@ -54,6 +54,15 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 		return g.redeem(w, r, next, params)
 	}
 
+	// RFC 6749 §3.1: no parameter twice. A repeated client_id is refused
+	// outright: the upstream might act on a different value than the one
+	// whose PAR policy was checked here.
+	if len(params["client_id"]) > 1 {
+		e := badRequest(ErrInvalidRequest, "client_id must be sent once")
+		g.logOutcome("authorize", "", "rejected", e.Code, "")
+		writeBrowserError(w, r, e)
+		return nil
+	}
 	clientID := params.Get("client_id")
 	c := g.clients[clientID]
 	// RFC 9126 §4 (global) and §6 (per client): requests that did not come

@@ -57,13 +57,13 @@ func badRequest(code, description string) *oauthError {
 // RFC 9126 §2.3 prescribes for the PAR endpoint.
 func writeJSONError(w http.ResponseWriter, e *oauthError) {
 	e.setHeaders(w.Header())
-	writeJSON(w, e.Status, map[string]string{"error": e.Code, "error_description": e.Description})
+	b, _ := json.Marshal(map[string]string{"error": e.Code, "error_description": e.Description})
+	writeJSON(w, e.Status, b)
 }
 
 // writeJSON writes a JSON body that must never be cached: every response of
 // the gateway carries request_uris or errors about them.
-func writeJSON(w http.ResponseWriter, status int, body any) {
-	b, _ := json.Marshal(body)
+func writeJSON(w http.ResponseWriter, status int, b []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")

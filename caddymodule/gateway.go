@@ -64,12 +64,13 @@ func (g *gateway) logOutcome(endpoint, clientID, outcome, code, ref string) {
 		sum := sha256.Sum256([]byte(ref))
 		fields = append(fields, zap.String("request_uri_fp", hex.EncodeToString(sum[:6])))
 	}
-	switch outcome {
-	case "passed_through":
-		g.logger.Debug("authorization request", fields...)
-	case "rejected":
+	// Successes are per-request traffic and go to debug, as in Caddy's own
+	// handlers; rejections are what an operator watches for.
+	if outcome == "rejected" {
 		g.logger.Info("request rejected", fields...)
-	default:
-		g.logger.Info("request "+outcome, fields...)
+		return
+	}
+	if ce := g.logger.Check(zap.DebugLevel, "request "+outcome); ce != nil {
+		ce.Write(fields...)
 	}
 }

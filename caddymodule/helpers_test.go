@@ -15,7 +15,7 @@ const testSecret = "s3cret+:%"
 
 // newTestGateway builds a gateway with a confidential client "web-app" and a
 // public client "spa" over a fresh memory store.
-func newTestGateway(t *testing.T, mod func(g *gateway)) *gateway {
+func newTestGateway(t testing.TB, mod func(g *gateway)) *gateway {
 	t.Helper()
 	cache, err := newMemoryCache(1 << 20)
 	if err != nil {
@@ -75,7 +75,7 @@ func parRequest(form url.Values, user, pass string) *http.Request {
 }
 
 // pushOK pushes a valid request and returns the issued request_uri.
-func pushOK(t *testing.T, g *gateway, form url.Values) string {
+func pushOK(t testing.TB, g *gateway, form url.Values) string {
 	t.Helper()
 	_, resp, oerr := g.push(parRequest(form, "web-app", testSecret))
 	if oerr != nil {

@@ -37,7 +37,10 @@ func (g *gateway) serveDiscovery(w http.ResponseWriter, r *http.Request, next ne
 		return next(w, r)
 	}
 	up := r.Clone(r.Context())
-	// Ask for a plain, complete document that can be rewritten.
+	// Ask for a plain, complete document that can be rewritten; a HEAD is
+	// asked as GET so that its Content-Length is that of the rewritten body
+	// (net/http drops body writes on HEAD responses).
+	up.Method = http.MethodGet
 	up.Header.Del("Accept-Encoding")
 	up.Header.Del("If-None-Match")
 	up.Header.Del("If-Modified-Since")

@@ -55,8 +55,8 @@ func isBase64URL(s string) bool {
 
 // parResponse is the RFC 9126 §2.2 success body.
 type parResponse struct {
-	RequestURI string `json:"request_uri"`
-	ExpiresIn  int64  `json:"expires_in"`
+	RequestURI string
+	ExpiresIn  int64
 }
 
 // servePAR is the pushed authorization request endpoint (RFC 9126 §2).
@@ -68,7 +68,14 @@ func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.logOutcome("par", clientID, "issued", "", resp.RequestURI[len(requestURIPrefix):])
-	writeJSON(w, http.StatusCreated, resp)
+	// The members need no escaping (URN and base64url): skip reflection.
+	b := make([]byte, 0, 96)
+	b = append(b, `{"request_uri":"`...)
+	b = append(b, resp.RequestURI...)
+	b = append(b, `","expires_in":`...)
+	b = strconv.AppendInt(b, resp.ExpiresIn, 10)
+	b = append(b, '}')
+	writeJSON(w, http.StatusCreated, b)
 }
 
 // push runs the RFC 9126 §2.1 steps in order: authenticate the client,
@@ -79,7 +86,7 @@ func (g *gateway) push(r *http.Request) (clientID string, _ *parResponse, _ *oau
 		e.header = http.Header{"Allow": {http.MethodPost}}
 		return "", nil, e
 	}
-	form, oerr := g.readForm(r)
+	body, form, oerr := g.readForm(r)
 	if oerr != nil {
 		return "", nil, oerr
 	}
@@ -102,22 +109,13 @@ func (g *gateway) push(r *http.Request) (clientID string, _ *parResponse, _ *oau
 		g.logger.Error("generating request_uri failed", zap.Error(err))
 		return c.id, nil, newError(http.StatusInternalServerError, ErrServerError, "could not issue a request_uri")
 	}
-	// The stored request is the push as sent, minus credentials and the
-	// parameters that RFC 6749 §3.1 says to treat as omitted (empty).
-	stored := url.Values{}
-	for k, v := range form {
-		if v[0] != "" && !isClientAuthParam(k) {
-			stored[k] = v
-		}
-	}
 	expires := g.now().Add(g.lifetime)
-	err = g.store.Put(r.Context(), g.storeKey(ref), PushedRequest{ClientID: c.id, Params: stored.Encode(), ExpiresAt: expires})
+	err = g.store.Put(r.Context(), g.storeKey(ref), PushedRequest{ClientID: c.id, Params: storedParams(body), ExpiresAt: expires})
 	if err != nil {
 		// A request_uri is only issued when it will work until it expires.
+		// A full store is an expected outcome, logged as such by the caller.
 		if !errors.Is(err, ErrStoreUnavailable) {
 			g.logger.Error("storing pushed request failed", zap.Error(err))
-		} else {
-			g.logger.Warn("pushed request not stored", zap.String("client_id", c.id), zap.Error(err))
 		}
 		e := newError(http.StatusServiceUnavailable, ErrTemporarilyUnavailable, "the pushed request could not be stored; retry later")
 		e.header = http.Header{"Retry-After": {"1"}}
@@ -126,27 +124,60 @@ func (g *gateway) push(r *http.Request) (clientID string, _ *parResponse, _ *oau
 	return c.id, &parResponse{RequestURI: requestURIPrefix + ref, ExpiresIn: int64(g.lifetime / time.Second)}, nil
 }
 
-// readForm reads the bounded application/x-www-form-urlencoded body.
-func (g *gateway) readForm(r *http.Request) (url.Values, *oauthError) {
+// readForm reads and parses the bounded application/x-www-form-urlencoded
+// body.
+func (g *gateway) readForm(r *http.Request) (string, url.Values, *oauthError) {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "application/x-www-form-urlencoded" {
-		return nil, badRequest(ErrInvalidRequest, "the request body must be application/x-www-form-urlencoded")
+		return "", nil, badRequest(ErrInvalidRequest, "the request body must be application/x-www-form-urlencoded")
 	}
 	if r.ContentLength > g.maxRequestSize {
-		return nil, tooLarge(g.maxRequestSize)
+		return "", nil, tooLarge(g.maxRequestSize)
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, g.maxRequestSize+1))
+	var raw []byte
+	if r.ContentLength >= 0 {
+		// net/http ends the body at Content-Length: read it in one piece.
+		raw = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(r.Body, raw)
+	} else {
+		raw, err = io.ReadAll(io.LimitReader(r.Body, g.maxRequestSize+1))
+	}
 	if err != nil {
-		return nil, badRequest(ErrInvalidRequest, "could not read the request body")
+		return "", nil, badRequest(ErrInvalidRequest, "could not read the request body")
 	}
-	if int64(len(body)) > g.maxRequestSize {
-		return nil, tooLarge(g.maxRequestSize)
+	if int64(len(raw)) > g.maxRequestSize {
+		return "", nil, tooLarge(g.maxRequestSize)
 	}
-	form, err := url.ParseQuery(string(body))
+	body := string(raw)
+	form, err := url.ParseQuery(body)
 	if err != nil {
-		return nil, badRequest(ErrInvalidRequest, "malformed form body")
+		return "", nil, badRequest(ErrInvalidRequest, "malformed form body")
 	}
-	return form, nil
+	return body, form, nil
+}
+
+// storedParams is the push as sent, in the client's own encoding, minus
+// client credentials and the parameters that RFC 6749 §3.1 says to treat as
+// omitted (empty values). body has already parsed as a valid form.
+func storedParams(body string) string {
+	var b strings.Builder
+	b.Grow(len(body))
+	for body != "" {
+		var pair string
+		pair, body, _ = strings.Cut(body, "&")
+		k, v, _ := strings.Cut(pair, "=")
+		if v == "" {
+			continue
+		}
+		if key, err := url.QueryUnescape(k); err != nil || isClientAuthParam(key) {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(pair)
+	}
+	return b.String()
 }
 
 func tooLarge(limit int64) *oauthError {

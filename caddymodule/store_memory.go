@@ -104,15 +104,18 @@ type memoryCache struct {
 }
 
 // entryOverhead approximates what one entry costs beyond its strings: our
-// struct plus ristretto's per-item bookkeeping (store item, policy and
-// expiry map entries).
-const entryOverhead = int64(unsafe.Sizeof(memoryEntry{})) + 160
+// struct, ristretto's per-item bookkeeping (store item, policy and expiry map
+// entries) and allocator rounding. BenchmarkMemoryStoreHeapPerEntry checks it
+// against the measured heap, so that max_size bounds the live heap.
+const entryOverhead = int64(unsafe.Sizeof(memoryEntry{})) + 250
 
 func newMemoryCache(budget int64) (*memoryCache, error) {
 	m := &memoryCache{budget: budget, now: time.Now}
 	c, err := ristretto.NewCache(&ristretto.Config[string, *memoryEntry]{
-		// About 10 counters per entry the budget can hold at ~1 KiB each.
-		NumCounters: max(1024, budget/100),
+		// The admission counters only matter when ristretto is full, which
+		// our own budget prevents; keep them small and bounded, as they are
+		// memory outside the budget.
+		NumCounters: min(max(1024, budget/1024), 1<<20),
 		// Headroom over our own budget: deletes reach ristretto's policy
 		// asynchronously, so its view can briefly lag ours.
 		MaxCost:            budget + budget/4,

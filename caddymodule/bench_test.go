@@ -1,0 +1,174 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Micro-benchmarks of the per-request work. Compare runs with benchstat;
+// the load suite in integration/bench measures the whole gateway.
+
+func BenchmarkPushValidation(b *testing.B) {
+	g := newTestGateway(b, nil)
+	c := g.clients["web-app"]
+	body := validPush().Encode()
+	b.ReportAllocs()
+	for b.Loop() {
+		form, _ := url.ParseQuery(body)
+		if oerr := validatePush(c, form); oerr != nil {
+			b.Fatal(oerr)
+		}
+	}
+}
+
+func BenchmarkClientAuthenticationBasic(b *testing.B) {
+	g := newTestGateway(b, nil)
+	r := httptest.NewRequest(http.MethodPost, "/par", nil)
+	r.Header.Set("Authorization", basicHeader("web-app", testSecret))
+	form := url.Values{"client_id": {"web-app"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, oerr := g.auth.authenticate(r, form); oerr != nil {
+			b.Fatal(oerr)
+		}
+	}
+}
+
+func BenchmarkNewRef(b *testing.B) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := newRef(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkMemoryStorePutTake(b *testing.B) {
+	c, err := newMemoryCache(256 << 20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Destruct()
+	req := PushedRequest{ClientID: "web-app", Params: validPush().Encode(), ExpiresAt: time.Now().Add(time.Minute)}
+	ctx := b.Context()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		key := fmt.Sprintf("k%d", i)
+		i++
+		if err := c.Put(ctx, key, req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Take(ctx, key, "web-app"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkMemoryStorePutParallel(b *testing.B) {
+	c, err := newMemoryCache(1 << 30)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Destruct()
+	req := PushedRequest{ClientID: "web-app", Params: validPush().Encode(), ExpiresAt: time.Now().Add(time.Minute)}
+	ctx := b.Context()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			key, _ := newRef()
+			if err := c.Put(ctx, key, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkPARRequest is a whole push through servePAR, without HTTP I/O.
+func BenchmarkPARRequest(b *testing.B) {
+	g := newTestGateway(b, func(g *gateway) { g.store = mustCache(b, 1<<30) })
+	body := validPush().Encode()
+	auth := basicHeader("web-app", testSecret)
+	b.ReportAllocs()
+	for b.Loop() {
+		r := httptest.NewRequest(http.MethodPost, "/par", strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.Header.Set("Authorization", auth)
+		w := httptest.NewRecorder()
+		g.servePAR(w, r)
+		if w.Code != http.StatusCreated {
+			b.Fatal(w.Code, w.Body)
+		}
+	}
+}
+
+// BenchmarkRedeem is push-then-redeem; the push is excluded from the timing.
+func BenchmarkRedeem(b *testing.B) {
+	g := newTestGateway(b, func(g *gateway) { g.store = mustCache(b, 1<<30) })
+	next := func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(http.StatusOK); return nil }
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		uri := pushOK(b, g, validPush())
+		r := httptest.NewRequest(http.MethodGet, "/authorize?client_id=web-app&request_uri="+url.QueryEscape(uri), nil)
+		w := httptest.NewRecorder()
+		b.StartTimer()
+		if err := g.serveAuthorize(w, r, next); err != nil || w.Code != http.StatusOK {
+			b.Fatal(err, w.Code)
+		}
+	}
+}
+
+func mustCache(tb testing.TB, budget int64) *memoryCache {
+	c, err := newMemoryCache(budget)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = c.Destruct() })
+	return c
+}
+
+// BenchmarkMemoryStoreHeapPerEntry reports the live heap one stored push of
+// ~600 bytes costs, against the raw parameter bytes and the cost the store
+// charges to its max_size budget.
+func BenchmarkMemoryStoreHeapPerEntry(b *testing.B) {
+	const n = 50000
+	base := validPush()
+	base.Set("claims", strings.Repeat("x", 300))
+	raw := 0
+	for b.Loop() {
+		c := mustCache(b, 1<<30)
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		reqs := make([]PushedRequest, n)
+		for i := range reqs {
+			v := with(base, "state", fmt.Sprintf("state-%08d", i))
+			reqs[i] = PushedRequest{ClientID: "web-app", Params: v.Encode(), ExpiresAt: time.Now().Add(10 * time.Minute)}
+			raw = len(reqs[i].Params)
+		}
+		keys := make([]string, n)
+		for i := range keys {
+			ref, _ := newRef()
+			keys[i] = "partition123/" + ref
+		}
+		for i := range reqs {
+			if err := c.Put(b.Context(), keys[i], reqs[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		// Only the cache holds the entries now.
+		reqs, keys = nil, nil
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heapB/entry")
+		b.ReportMetric(float64(c.used.Load())/n, "chargedB/entry")
+		b.ReportMetric(float64(raw), "rawB/entry")
+	}
+}
