@@ -75,7 +75,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 		case requestURI != "":
 			desc = "request_uri must be one issued by the PAR endpoint"
 		}
-		g.rejectUnpushed(w, r, c, params, badRequest(ErrInvalidRequest, desc))
+		g.rejectUnpushed(w, r, next, c, params, badRequest(ErrInvalidRequest, desc))
 		return nil
 	}
 	if body != nil {
@@ -110,16 +110,20 @@ func (g *gateway) readAuthorizeForm(r *http.Request) ([]byte, url.Values, error)
 // rejectUnpushed answers a request that should have been pushed. The error
 // goes back to the client when the redirect_uri is registered for it
 // (RFC 6749 §4.1.2.1); otherwise it is shown to the user, never redirected.
-func (g *gateway) rejectUnpushed(w http.ResponseWriter, r *http.Request, c *client, params url.Values, e *oauthError) {
+func (g *gateway) rejectUnpushed(w http.ResponseWriter, r *http.Request, next nextHandler, c *client, params url.Values, e *oauthError) {
 	ru := params.Get("redirect_uri")
 	if c != nil && len(params["redirect_uri"]) == 1 && c.redirectURIs[ru] && len(params["state"]) <= 1 {
 		g.logOutcome("authorize", c.id, "rejected", e.Code, "")
-		redirectError(w, ru, params.Get("state"), g.responseIssuer(), e)
+		redirectError(w, ru, params.Get("state"), g.responseIssuer(r, next), e)
 		return
 	}
 	id := logID(params.Get("client_id"))
-	if c != nil {
+	switch {
+	case c == nil:
+		e.Description += "; the error cannot be returned to the application because the client is unknown"
+	default:
 		id = c.id
+		e.Description += "; the error cannot be returned to the application because the redirect_uri is missing or not registered"
 	}
 	g.logOutcome("authorize", id, "rejected", e.Code, "")
 	writeBrowserError(w, r, e)

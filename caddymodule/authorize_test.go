@@ -181,8 +181,8 @@ func TestUnpushedRequests(t *testing.T) {
 				}
 				return
 			}
-			if len(up.requests) != 0 || w.Code != tt.wantStatus {
-				t.Fatalf("status %d, upstream requests %d", w.Code, len(up.requests))
+			if n := authorizeRequests(up); n != 0 || w.Code != tt.wantStatus {
+				t.Fatalf("status %d, upstream authorization requests %d", w.Code, n)
 			}
 			loc := w.Header().Get("Location")
 			if tt.wantStatus != http.StatusSeeOther {
@@ -297,4 +297,62 @@ func with(v url.Values, kv ...string) url.Values {
 		out.Set(kv[i], kv[i+1])
 	}
 	return out
+}
+
+// A client that cached discovery expects iss on the gateway's error
+// redirect even when no discovery request has passed through the gateway
+// since it started: the gateway finds the document itself.
+func TestErrorRedirectProbesDiscoveryForIssuer(t *testing.T) {
+	g := newTestGateway(t, func(g *gateway) {
+		g.requirePAR = true
+		g.authorizationEndpoint = "/realms/demo/protocol/openid-connect/auth"
+	})
+	up := &upstream{respond: func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/realms/demo/.well-known/openid-configuration" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"issuer":"http://idp.test/realms/demo","authorization_endpoint":"http://idp.test/realms/demo/protocol/openid-connect/auth","authorization_response_iss_parameter_supported":true}`)
+	}}
+	reject := func() string {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodGet, "/realms/demo/protocol/openid-connect/auth?client_id=web-app&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb", nil)
+		if err := g.serveAuthorize(w, r, up.next); err != nil || w.Code != http.StatusSeeOther {
+			t.Fatalf("status %d, %v", w.Code, err)
+		}
+		u, _ := url.Parse(w.Header().Get("Location"))
+		return u.Query().Get("iss")
+	}
+	if got := reject(); got != "http://idp.test/realms/demo" {
+		t.Fatalf("iss = %q", got)
+	}
+	probes := len(up.requests)
+	if probes == 0 || up.requests[probes-1].URL.Path != "/realms/demo/.well-known/openid-configuration" {
+		t.Fatalf("probe requests: %d", probes)
+	}
+	if got := reject(); got != "http://idp.test/realms/demo" || len(up.requests) != probes {
+		t.Fatalf("second rejection: iss %q, %d more upstream requests", got, len(up.requests)-probes)
+	}
+}
+
+func TestDiscoveryCandidates(t *testing.T) {
+	got := discoveryCandidates("/dex/auth")
+	want := []string{"/dex/.well-known/openid-configuration", "/.well-known/oauth-authorization-server/dex",
+		"/.well-known/openid-configuration", "/.well-known/oauth-authorization-server"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// authorizeRequests counts what reached the upstream's authorization
+// endpoint (discovery probes for iss may also go upstream).
+func authorizeRequests(up *upstream) int {
+	n := 0
+	for _, r := range up.requests {
+		if !isDiscoveryPath(r.URL.Path) {
+			n++
+		}
+	}
+	return n
 }

@@ -25,7 +25,10 @@ type credentials struct {
 	method   string
 	clientID string
 	secret   string
-	basic    bool // the Authorization header was used
+	// rawSecret is the Basic secret as sent, for clients that do not
+	// form-urlencode it (common, and a secret with '+' decodes differently).
+	rawSecret string
+	basic     bool // the Authorization header was used
 }
 
 // authenticate returns the authenticated client and the method it used.
@@ -58,9 +61,15 @@ func (a *clientAuthenticator) authenticate(r *http.Request, form url.Values) (*c
 	}
 	switch cred.method {
 	case AuthClientSecretBasic, AuthClientSecretPost:
-		// Hashing first makes the comparison independent of secret length.
+		// Hashing first makes the comparison independent of secret length;
+		// both forms are always compared, so timing does not tell which.
 		h := sha256.Sum256([]byte(cred.secret))
-		if subtle.ConstantTimeCompare(h[:], c.secretHash[:]) != 1 {
+		ok := subtle.ConstantTimeCompare(h[:], c.secretHash[:])
+		if cred.basic {
+			raw := sha256.Sum256([]byte(cred.rawSecret))
+			ok |= subtle.ConstantTimeCompare(raw[:], c.secretHash[:])
+		}
+		if ok != 1 {
 			return fail("client authentication failed")
 		}
 	case AuthNone:
@@ -79,19 +88,23 @@ func presented(r *http.Request, form url.Values) (credentials, *oauthError) {
 		scheme, _, _ := strings.Cut(h, " ")
 		if strings.EqualFold(scheme, "Basic") {
 			basic = true
-			id, secret, ok := r.BasicAuth()
-			var err1, err2 error
-			if ok {
-				// RFC 6749 §2.3.1: both parts are form-urlencoded.
-				id, err1 = url.QueryUnescape(id)
-				secret, err2 = url.QueryUnescape(secret)
-			}
-			if !ok || err1 != nil || err2 != nil || id == "" {
+			rawID, rawSecret, ok := r.BasicAuth()
+			if !ok || rawID == "" {
 				e := newError(http.StatusUnauthorized, ErrInvalidClient, "malformed HTTP Basic credentials")
 				e.basicTried = true
 				return credentials{basic: true}, e
 			}
-			found = append(found, credentials{method: AuthClientSecretBasic, clientID: id, secret: secret, basic: true})
+			// RFC 6749 §2.3.1: both parts are form-urlencoded. Many
+			// clients send them as they are; accept that too.
+			id, err := url.QueryUnescape(rawID)
+			if err != nil {
+				id = rawID
+			}
+			secret, err := url.QueryUnescape(rawSecret)
+			if err != nil {
+				secret = rawSecret
+			}
+			found = append(found, credentials{method: AuthClientSecretBasic, clientID: id, secret: secret, rawSecret: rawSecret, basic: true})
 		}
 	}
 	if form.Get("client_secret") != "" {

@@ -28,6 +28,7 @@ func TestClientAuthentication(t *testing.T) {
 		{name: "public client sending a secret", form: url.Values{"client_id": {"spa"}, "client_secret": {"x"}}},
 		{name: "two methods at once", basic: basicHeader("web-app", testSecret), form: url.Values{"client_id": {"web-app"}, "client_secret": {testSecret}}, wantBasic: true},
 		{name: "client assertion not supported", form: url.Values{"client_id": {"web-app"}, "client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {"x.y.z"}}},
+		{name: "basic parts sent without form-encoding", basic: "Basic " + base64.StdEncoding.EncodeToString([]byte("web-app:"+testSecret)), wantClient: "web-app", wantMethod: AuthClientSecretBasic},
 		{name: "malformed basic", basic: "Basic !!!", wantBasic: true},
 		{name: "no client at all"},
 	}

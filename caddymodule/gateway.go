@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,9 +29,14 @@ type gateway struct {
 	// sharing the same store.
 	partition string
 
-	logger     *zap.Logger
-	now        func() time.Time
+	logger *zap.Logger
+	now    func() time.Time
+
+	// learnedIss is the iss for error redirects taken from discovery; nil
+	// until known ("" when the upstream does not promise RFC 9207).
 	learnedIss atomic.Pointer[string]
+	probeMu    sync.Mutex
+	lastProbe  time.Time
 }
 
 // serveHTTP routes by exact path: node-oidc-provider and others serve

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -113,47 +114,46 @@ type metadataInfo struct {
 
 // rewriteMetadata sets pushed_authorization_request_endpoint and
 // require_pushed_authorization_requests (RFC 9126 §5) in a metadata
-// document. Every other member keeps its place and its exact value.
+// document. Every other member keeps its place and its exact value, except
+// an upstream's own PAR endpoint, which is dropped wherever it is
+// advertised (also as an RFC 8705 mTLS alias): clients must push to us.
 func rewriteMetadata(doc []byte, parPath string, requirePAR bool) ([]byte, metadataInfo, error) {
 	var info metadataInfo
-	dec := json.NewDecoder(bytes.NewReader(doc))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
-		return nil, info, errors.New("not a JSON object")
-	}
-	var out bytes.Buffer
-	out.Grow(len(doc) + 128)
-	out.WriteByte('{')
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, info, err
-		}
-		key, _ := tok.(string)
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return nil, info, err
-		}
+	var walkErr error
+	out, err := filterObject(doc, func(key string, raw json.RawMessage) (json.RawMessage, bool) {
 		switch key {
 		case "pushed_authorization_request_endpoint", "require_pushed_authorization_requests":
-			continue
+			return nil, false
 		case "issuer":
 			_ = json.Unmarshal(raw, &info.issuer)
 		case "authorization_endpoint":
 			_ = json.Unmarshal(raw, &info.authorizationEndpoint)
 		case "authorization_response_iss_parameter_supported":
 			_ = json.Unmarshal(raw, &info.issParameterSupported)
+		case "mtls_endpoint_aliases":
+			dropped := false
+			aliases, err := filterObject(raw, func(k string, v json.RawMessage) (json.RawMessage, bool) {
+				if k == "pushed_authorization_request_endpoint" {
+					dropped = true
+					return nil, false
+				}
+				return v, true
+			})
+			if err != nil {
+				walkErr = err
+			}
+			if err != nil || !dropped {
+				return raw, true
+			}
+			return append(aliases, '}'), true
 		}
-		k, _ := json.Marshal(key)
-		out.Write(k)
-		out.WriteByte(':')
-		out.Write(raw)
-		out.WriteByte(',')
+		return raw, true
+	})
+	if err != nil {
+		return nil, info, err
 	}
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
-		return nil, info, errors.New("malformed JSON object")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, info, errors.New("trailing data after JSON object")
+	if walkErr != nil {
+		return nil, info, walkErr
 	}
 	ae, err := url.Parse(info.authorizationEndpoint)
 	if err != nil || ae.Scheme == "" || ae.Host == "" {
@@ -161,12 +161,56 @@ func rewriteMetadata(doc []byte, parPath string, requirePAR bool) ([]byte, metad
 	}
 	par := (&url.URL{Scheme: ae.Scheme, Host: ae.Host, Path: parPath}).String()
 	parJSON, _ := json.Marshal(par)
-	out.WriteString(`"pushed_authorization_request_endpoint":`)
-	out.Write(parJSON)
-	out.WriteString(`,"require_pushed_authorization_requests":`)
-	out.WriteString(strconv.FormatBool(requirePAR))
-	out.WriteByte('}')
-	return out.Bytes(), info, nil
+	if len(out) > 1 {
+		out = append(out, ',')
+	}
+	out = append(out, `"pushed_authorization_request_endpoint":`...)
+	out = append(out, parJSON...)
+	out = append(out, `,"require_pushed_authorization_requests":`...)
+	out = strconv.AppendBool(out, requirePAR)
+	out = append(out, '}')
+	return out, info, nil
+}
+
+// filterObject copies the members of the JSON object doc that keep returns
+// true for, in order, with the values it returns. The result lacks the
+// closing brace, so that members can be appended.
+func filterObject(doc []byte, keep func(key string, raw json.RawMessage) (json.RawMessage, bool)) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	out := make([]byte, 0, len(doc)+160)
+	out = append(out, '{')
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, _ := tok.(string)
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, err
+		}
+		v, ok := keep(key, raw)
+		if !ok {
+			continue
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		k, _ := json.Marshal(key)
+		out = append(out, k...)
+		out = append(out, ':')
+		out = append(out, v...)
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return nil, errors.New("malformed JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing data after JSON object")
+	}
+	return out, nil
 }
 
 // learnIssuer remembers the issuer of the discovery document that describes
@@ -188,12 +232,95 @@ func (g *gateway) learnIssuer(info metadataInfo) {
 
 // responseIssuer is the iss value for the gateway's authorization error
 // responses: the configured issuer, else the one learned from discovery.
-func (g *gateway) responseIssuer() string {
+// When nothing has been learned yet (no client fetched discovery through
+// this gateway since it started), the upstream's discovery is probed, since
+// a client that cached the document still expects iss (RFC 9207 §2.4).
+func (g *gateway) responseIssuer(r *http.Request, next nextHandler) string {
 	if g.issuer != "" {
 		return g.issuer
 	}
 	if p := g.learnedIss.Load(); p != nil {
 		return *p
 	}
+	g.probeDiscovery(r, next)
+	if p := g.learnedIss.Load(); p != nil {
+		return *p
+	}
 	return ""
 }
+
+// probeRetry is how long a failed discovery probe is not repeated.
+const probeRetry = time.Minute
+
+// probeDiscovery looks for the discovery document describing this gateway's
+// authorization endpoint at the well-known locations derived from its path
+// (/realms/demo/protocol/openid-connect/auth: /realms/demo/.well-known/...,
+// among others), through the rest of the handler chain.
+func (g *gateway) probeDiscovery(r *http.Request, next nextHandler) {
+	g.probeMu.Lock()
+	defer g.probeMu.Unlock()
+	if g.learnedIss.Load() != nil || (!g.lastProbe.IsZero() && g.now().Sub(g.lastProbe) < probeRetry) {
+		return
+	}
+	g.lastProbe = g.now()
+	for _, p := range discoveryCandidates(g.authorizationEndpoint) {
+		sub := r.Clone(r.Context())
+		sub.Method = http.MethodGet
+		sub.URL = &url.URL{Path: p}
+		sub.RequestURI = p
+		sub.Body = http.NoBody
+		sub.ContentLength = 0
+		sub.Header = http.Header{"Accept": {"application/json"}}
+		w := &bufferWriter{header: http.Header{}}
+		if err := next(w, sub); err != nil || w.code != http.StatusOK || !isJSON(w.header.Get("Content-Type")) {
+			continue
+		}
+		if _, info, err := g.decodeAndRewrite(w.header.Get("Content-Encoding"), w.body.Bytes()); err == nil {
+			g.learnIssuer(info)
+			if g.learnedIss.Load() != nil {
+				return
+			}
+		}
+	}
+	g.logger.Warn("no discovery document found for the authorization endpoint; set 'issuer' so that error redirects carry iss",
+		zap.String("authorization_endpoint", g.authorizationEndpoint))
+}
+
+// discoveryCandidates lists where a discovery document for an authorization
+// endpoint at authPath may be, nearest first; at most a few per segment.
+func discoveryCandidates(authPath string) []string {
+	var out []string
+	dir := strings.TrimSuffix(authPath, "/")
+	for i := 0; i < 6 && dir != ""; i++ {
+		dir = dir[:strings.LastIndex(dir, "/")]
+		out = append(out,
+			dir+"/.well-known/openid-configuration",
+			"/.well-known/oauth-authorization-server"+dir, // RFC 8414 §3
+		)
+	}
+	return out
+}
+
+// bufferWriter collects a bounded sub-request response.
+type bufferWriter struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (w *bufferWriter) Header() http.Header { return w.header }
+func (w *bufferWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+}
+func (w *bufferWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	if w.body.Len()+len(p) > maxMetadataSize {
+		return 0, errors.New("discovery document too large")
+	}
+	return w.body.Write(p)
+}
+func (w *bufferWriter) Flush() {}

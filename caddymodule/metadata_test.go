@@ -76,3 +76,15 @@ func TestRewriteMetadataGzip(t *testing.T) {
 }
 
 func newGzipWriter(w *bytes.Buffer) *gzip.Writer { return gzip.NewWriter(w) }
+
+func TestRewriteMetadataDropsUpstreamMTLSPARAlias(t *testing.T) {
+	doc := `{"authorization_endpoint":"https://idp.example/auth","mtls_endpoint_aliases":{"token_endpoint":"https://idp.example/token","pushed_authorization_request_endpoint":"https://idp.example/ext/par/request"}}`
+	out, _, err := rewriteMetadata([]byte(doc), "/par", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"authorization_endpoint":"https://idp.example/auth","mtls_endpoint_aliases":{"token_endpoint":"https://idp.example/token"},"pushed_authorization_request_endpoint":"https://idp.example/par","require_pushed_authorization_requests":false}`
+	if string(out) != want {
+		t.Fatalf("got  %s\nwant %s", out, want)
+	}
+}
