@@ -61,7 +61,18 @@ func (g *gateway) storeKey(ref string) string { return g.partition + ref }
 // logOutcome writes the one log line of a PAR or authorization outcome.
 // Never parameter values or whole request_uris: only a short fingerprint of
 // the reference, enough to correlate a push with its redemption.
+// Successes are per-request traffic and go to debug, as in Caddy's own
+// handlers; rejections are what an operator watches for. Nothing is built
+// for a line the level would drop.
 func (g *gateway) logOutcome(endpoint, clientID, outcome, code, ref string) {
+	level, msg := zap.DebugLevel, "request "+outcome
+	if outcome == "rejected" {
+		level, msg = zap.InfoLevel, "request rejected"
+	}
+	ce := g.logger.Check(level, msg)
+	if ce == nil {
+		return
+	}
 	fields := []zap.Field{zap.String("endpoint", endpoint), zap.String("client_id", clientID), zap.String("outcome", outcome)}
 	if code != "" {
 		fields = append(fields, zap.String("error", code))
@@ -70,13 +81,5 @@ func (g *gateway) logOutcome(endpoint, clientID, outcome, code, ref string) {
 		sum := sha256.Sum256([]byte(ref))
 		fields = append(fields, zap.String("request_uri_fp", hex.EncodeToString(sum[:6])))
 	}
-	// Successes are per-request traffic and go to debug, as in Caddy's own
-	// handlers; rejections are what an operator watches for.
-	if outcome == "rejected" {
-		g.logger.Info("request rejected", fields...)
-		return
-	}
-	if ce := g.logger.Check(zap.DebugLevel, "request "+outcome); ce != nil {
-		ce.Write(fields...)
-	}
+	ce.Write(fields...)
 }
