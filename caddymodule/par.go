@@ -156,26 +156,29 @@ func (g *gateway) readForm(r *http.Request) (string, url.Values, *oauthError) {
 	return body, form, nil
 }
 
-// storedParams is the push as sent, in the client's own encoding, minus
-// client credentials and the parameters that RFC 6749 §3.1 says to treat as
-// omitted (empty values). body has already parsed as a valid form.
+// storedParams is the push in the order sent, minus client credentials and
+// the parameters that RFC 6749 §3.1 says to treat as omitted (empty values).
+// Each pair is re-encoded: a form body may carry bytes (a raw space, say)
+// that are not valid in the query the upstream receives. body has already
+// parsed as a valid form.
 func storedParams(body string) string {
 	var b strings.Builder
-	b.Grow(len(body))
+	b.Grow(len(body) + len(body)/8)
 	for body != "" {
 		var pair string
 		pair, body, _ = strings.Cut(body, "&")
 		k, v, _ := strings.Cut(pair, "=")
-		if v == "" {
-			continue
-		}
-		if key, err := url.QueryUnescape(k); err != nil || isClientAuthParam(key) {
+		key, err1 := url.QueryUnescape(k)
+		val, err2 := url.QueryUnescape(v)
+		if err1 != nil || err2 != nil || val == "" || isClientAuthParam(key) {
 			continue
 		}
 		if b.Len() > 0 {
 			b.WriteByte('&')
 		}
-		b.WriteString(pair)
+		b.WriteString(url.QueryEscape(key))
+		b.WriteByte('=')
+		b.WriteString(url.QueryEscape(val))
 	}
 	return b.String()
 }

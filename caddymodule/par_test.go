@@ -184,3 +184,25 @@ func TestNewRefIsRandomAndWellFormed(t *testing.T) {
 		seen[ref] = true
 	}
 }
+
+// A form body may carry bytes that are not valid in a URL (curl -d sends a
+// space as is); what is forwarded upstream must be a valid query with the
+// same values.
+func TestStoredParamsAreAValidQuery(t *testing.T) {
+	body := "client_id=web-app&scope=openid profile&claims={\"a\":1}&nonce=n%2B1&prompt=&client_secret=x&login_hint=j\u00fcrgen"
+	got := storedParams(body)
+	if strings.ContainsAny(got, " {}\"") || strings.Contains(got, "client_secret") || strings.Contains(got, "prompt") {
+		t.Fatalf("stored %q", got)
+	}
+	v, err := url.ParseQuery(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := url.Values{"client_id": {"web-app"}, "scope": {"openid profile"}, "claims": {`{"a":1}`}, "nonce": {"n+1"}, "login_hint": {"j\u00fcrgen"}}
+	if v.Encode() != want.Encode() {
+		t.Fatalf("got %v, want %v", v, want)
+	}
+	if _, err := http.NewRequest(http.MethodGet, "http://idp.test/auth?"+got, nil); err != nil {
+		t.Fatal(err)
+	}
+}
