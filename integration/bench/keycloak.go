@@ -7,11 +7,17 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/caddy-par/caddy-par/integration/internal/harness"
 )
 
 // keycloakWarmup is the minimum unrecorded warmup for Keycloak: the JVM
 // needs a while before its JIT has compiled the PAR path.
 const keycloakWarmup = 15 * time.Second
+
+// keycloakReadyTimeout bounds Keycloak's startup (first use: fetch.sh's
+// download and build, then a fresh H2 database).
+const keycloakReadyTimeout = 6 * time.Minute
 
 // peerKeycloak measures Keycloak's PAR endpoint with the same client,
 // parameters and load (behind -keycloak). It uses the Keycloak setup of
@@ -26,7 +32,7 @@ func (e *env) peerKeycloak(r *row) error {
 		r.skipped = "integration/keycloak/start.sh not found"
 		return nil
 	}
-	port, err := freePort()
+	port, err := harness.FreePort()
 	if err != nil {
 		return err
 	}
@@ -45,14 +51,14 @@ func (e *env) peerKeycloak(r *row) error {
 			env = append(env, k+"="+v)
 		}
 	}
-	c, err := e.procs.start("keycloak", filepath.Dir(start), filepath.Join(e.tmp, "keycloak.log"), env, e.serverCPUs,
+	c, err := e.start("keycloak", filepath.Dir(start), filepath.Join(e.tmp, "keycloak.log"), env, e.serverCPUs,
 		"bash", start, strconv.Itoa(port), base)
 	if err != nil {
 		return err
 	}
 	e.servers = append(e.servers, c)
 	logf("   starting Keycloak (start.sh %d %s); this can take a few minutes on first use", port, base)
-	if err := waitHTTP200(e, c, base+"/realms/bench/.well-known/openid-configuration", 6*time.Minute); err != nil {
+	if err := harness.WaitReady(e.ctx, c, base+"/realms/bench/.well-known/openid-configuration", keycloakReadyTimeout, func(s int) bool { return s == http.StatusOK }); err != nil {
 		return err
 	}
 	r.server = "Keycloak (integration/keycloak/start.sh, start-dev, H2) realm bench"
@@ -64,22 +70,4 @@ func (e *env) peerKeycloak(r *row) error {
 	r.note("push body %d bytes, client_secret_basic; %s warmup for the JVM; start-dev mode (dev defaults, not a tuned production Keycloak)", size, spec.warmup)
 	e.measure(r, c, spec)
 	return nil
-}
-
-// waitHTTP200 polls url until it answers 200 (bounded), or the child exits.
-func waitHTTP200(e *env, c *child, url string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for i := 0; time.Now().Before(deadline) && i < 100000; i++ {
-		if e.ctx.Err() != nil {
-			return e.ctx.Err()
-		}
-		if c.exited() {
-			return fmt.Errorf("%s exited during startup (%v); log tail:\n%s", c.name, c.err, c.logTail(3000))
-		}
-		if st, _, _, err := checkGet(e.ctx, url); err == nil && st == http.StatusOK {
-			return nil
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	return fmt.Errorf("%s: %s not 200 within %s; log tail:\n%s", c.name, url, timeout, c.logTail(3000))
 }

@@ -11,19 +11,19 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/caddy-par/caddy-par/integration/internal/harness"
 )
 
 // Scenario names, in run order.
@@ -79,7 +79,7 @@ func run() int {
 	flag.DurationVar(&c.warmup, "warmup", 1*time.Second, "unrecorded warmup per scenario (same connections)")
 	flag.IntVar(&c.concurrency, "concurrency", 32, "concurrent workers (one keep-alive connection each)")
 	flag.StringVar(&c.scenarios, "scenarios", "", "comma list of scenarios (default: all throughput scenarios; with -memory also the memory ones). Known: "+strings.Join(append(append([]string{}, throughputScenarios...), memoryScenarios...), ","))
-	flag.StringVar(&c.caddy, "caddy", "", "prebuilt caddy binary with oauth_par (default: go build ../cmd/caddy into a temp dir)")
+	flag.StringVar(&c.caddy, "caddy", "", "prebuilt caddy binary with oauth_par (default: go build ../cmd/caddy into the shared cache dir, ${CADDY_PAR_CACHE:-~/.cache/caddy-par}/caddy-par)")
 	flag.StringVar(&c.node, "node", "node", "node binary for the oidc-provider peer")
 	flag.BoolVar(&c.memory, "memory", false, "also run the memory scenarios (mem-per-entry, mem-flood, mem-expiry)")
 	flag.BoolVar(&c.keycloak, "keycloak", false, "also run peer-keycloak-par (needs integration/keycloak)")
@@ -107,13 +107,13 @@ func run() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 
-	e := &env{cfg: c, ctx: ctx, procs: &procSet{}, results: map[string]*row{}}
+	e := &env{cfg: c, ctx: ctx, results: map[string]*row{}}
 	// Kill every child on every way out of run (including panics in this
 	// goroutine); children also carry Pdeathsig=SIGKILL as a backstop.
-	defer e.procs.killAll()
+	defer harness.KillAll()
 	go func() {
 		<-ctx.Done()
-		e.procs.killAll()
+		harness.KillAll()
 	}()
 
 	tmp, err := os.MkdirTemp("", "caddy-par-bench-")
@@ -151,7 +151,7 @@ func run() int {
 		// Nothing leaks from one scenario into the next.
 		e.stopServers()
 	}
-	e.procs.killAll()
+	harness.KillAll()
 
 	report := e.report()
 	fmt.Print(report)
@@ -235,7 +235,6 @@ func logf(format string, args ...any) {
 type env struct {
 	cfg     config
 	ctx     context.Context
-	procs   *procSet
 	tmp     string
 	results map[string]*row
 	order   []string
@@ -246,9 +245,9 @@ type env struct {
 	serverCPUs []int // nil: unpinned
 	loadCPUs   []int
 
-	upstream     *child
+	upstream     *harness.Proc
 	upstreamAddr string
-	servers      []*child // per-scenario servers, stopped after each scenario
+	servers      []*harness.Proc // per-scenario servers, stopped after each scenario
 
 	info      machineInfo
 	loadStart string
@@ -256,7 +255,7 @@ type env struct {
 
 // setup finds the repo, pins CPUs, and builds caddy if needed.
 func (e *env) setup(names []string) error {
-	root, err := findRepoRoot()
+	root, err := harness.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -307,59 +306,31 @@ func (e *env) setup(names []string) error {
 	return nil
 }
 
-// findRepoRoot walks up from the working directory (and from this source
-// file, for `go run` from elsewhere) to the directory with cmd/caddy and
-// integration/bench.
-func findRepoRoot() (string, error) {
-	var starts []string
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
-	}
-	if _, file, _, ok := runtime.Caller(0); ok {
-		starts = append(starts, filepath.Dir(file))
-	}
-	for _, s := range starts {
-		d := s
-		for i := 0; i < 10; i++ {
-			if st, err := os.Stat(filepath.Join(d, "integration", "bench")); err == nil && st.IsDir() {
-				if _, err := os.Stat(filepath.Join(d, "cmd", "caddy")); err == nil {
-					return d, nil
-				}
-			}
-			p := filepath.Dir(d)
-			if p == d {
-				break
-			}
-			d = p
-		}
-	}
-	return "", errors.New("cannot find the repository root (a directory with cmd/caddy and integration/bench); run from integration/")
-}
-
-// buildCaddy builds ../cmd/caddy (our module + standard modules) into the
-// temp dir. A cold build takes minutes on a 2-core machine; the Go build
-// cache makes later runs fast. Use -caddy to skip it.
+// buildCaddy builds ../cmd/caddy (our module + standard modules) with
+// harness.BuildGateway: into the cache dir shared with the e2e tests and the
+// demo, under its build lock. A cold build takes minutes on a 2-core
+// machine; with the sources unchanged a later build is a no-op. Use -caddy
+// to skip it.
 func (e *env) buildCaddy() (string, error) {
-	out := filepath.Join(e.tmp, "caddy")
-	logf("building caddy: (cd %s && go build -o %s ./cmd/caddy) — a cold build takes a few minutes", e.repoRoot, out)
 	ctx, cancel := context.WithTimeout(e.ctx, 20*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/caddy")
-	cmd.Dir = e.repoRoot
-	cmd.Stdout = os.Stderr
-	cmd.Stderr = os.Stderr
-	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/caddy: %w", err)
+	return harness.BuildGateway(ctx, logfWriter{})
+}
+
+// logfWriter writes each line through logf (timestamped, to stderr).
+type logfWriter struct{}
+
+func (logfWriter) Write(b []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		logf("%s", line)
 	}
-	logf("built caddy in %s", time.Since(start).Round(time.Second))
-	return out, nil
+	return len(b), nil
 }
 
 // stopServers stops the per-scenario servers (not the shared upstream).
 func (e *env) stopServers() {
 	for _, s := range e.servers {
-		e.procs.stop(s)
+		s.Stop(stopGrace)
 	}
 	e.servers = nil
 }
@@ -382,23 +353,23 @@ func (e *env) childEnv(extra ...string) []string {
 // startUpstream starts the minimal upstream once (this binary in
 // -serve-upstream mode), on the load generator's CPUs.
 func (e *env) startUpstream() (string, error) {
-	if e.upstream != nil && !e.upstream.exited() {
+	if e.upstream != nil && !e.upstream.Exited() {
 		return e.upstreamAddr, nil
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
-	port, err := freePort()
+	port, err := harness.FreePort()
 	if err != nil {
 		return "", err
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	c, err := e.procs.start("upstream", e.tmp, filepath.Join(e.tmp, "upstream.log"), e.childEnv(), e.loadCPUs, self, "-serve-upstream", addr)
+	c, err := e.start("upstream", e.tmp, filepath.Join(e.tmp, "upstream.log"), e.childEnv(), e.loadCPUs, self, "-serve-upstream", addr)
 	if err != nil {
 		return "", err
 	}
-	if err := waitHTTP(e.ctx, c, "http://"+addr+"/", 15*time.Second); err != nil {
+	if err := harness.WaitReady(e.ctx, c, "http://"+addr+"/", 15*time.Second, anyStatus); err != nil {
 		return "", err
 	}
 	e.upstream, e.upstreamAddr = c, addr

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-par/caddy-par/integration/internal/harness"
 )
 
 // memPerEntry: bytes of caddy RSS per stored pushed request. A gateway with
@@ -42,8 +44,8 @@ func (e *env) memPerEntry(r *row) error {
 		if e.ctx.Err() != nil {
 			return nil, e.ctx.Err()
 		}
-		if c.exited() {
-			return nil, fmt.Errorf("caddy exited: %v; log tail:\n%s", c.err, c.logTail(2000))
+		if c.Exited() {
+			return nil, fmt.Errorf("caddy exited: %v; log tail:\n%s", c.ExitErr(), harness.Tail(c.LogPath, 30))
 		}
 		return res, nil
 	}
@@ -88,7 +90,7 @@ func (e *env) memPerEntry(r *row) error {
 	}
 	dur := time.Since(t0)
 	rss1 := samples[len(samples)-1].rss
-	_, hwm, _ := procStatus(c.pid())
+	_, hwm, _ := procStatus(c.Pid())
 
 	// Least-squares slope of RSS over stored entries.
 	var sx, sy, sxx, sxy float64
@@ -250,7 +252,7 @@ func (e *env) memFlood(r *row) error {
 		return e.ctx.Err()
 	}
 	r.res = nil // not a throughput row
-	_, hwm, _ := procStatus(c.pid())
+	_, hwm, _ := procStatus(c.Pid())
 	rssEnd := rssOf(c)
 
 	// The gateway still answers: a pass-through request and a new push.
@@ -356,18 +358,18 @@ func (e *env) memFlood(r *row) error {
 // gcTracker follows a child's log and remembers the latest gctrace line:
 // its GC number and the live heap (MB) after that GC.
 type gcTracker struct {
-	c    *child
+	c    *harness.Proc
 	off  int64
 	n    int
 	live float64
 }
 
-func newGCTracker(c *child) *gcTracker { return &gcTracker{c: c, n: -1, live: -1} }
+func newGCTracker(c *harness.Proc) *gcTracker { return &gcTracker{c: c, n: -1, live: -1} }
 
 // latest reads the log written since the last call and returns the latest
 // GC seen so far, or (-1, -1).
 func (g *gcTracker) latest() (int, float64) {
-	f, err := os.Open(g.c.log)
+	f, err := os.Open(g.c.LogPath)
 	if err != nil {
 		return g.n, g.live
 	}

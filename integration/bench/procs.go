@@ -2,164 +2,53 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"errors"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/caddy-par/caddy-par/integration/internal/harness"
 )
 
-// procSet tracks every child process the bench starts, so that all of them
-// are killed on every exit path (normal return, error, panic, SIGINT/SIGTERM).
-// Children also get Pdeathsig=SIGKILL, so they die if the bench is killed
-// with SIGKILL.
-type procSet struct {
-	mu    sync.Mutex
-	procs []*child
+// Every child the bench starts is a harness.Proc: its own process group,
+// Pdeathsig=SIGKILL (so it dies if the bench is killed with SIGKILL), and
+// registered so that harness.KillAll kills all of them on every exit path
+// (normal return, error, panic, SIGINT/SIGTERM).
+
+// start launches a child with exactly env as its environment and a stdin
+// pipe that is never written (the node peer exits when it closes). If cpus
+// is non-nil the child is started with that CPU affinity (inherited from
+// the forking thread, so it applies before the child runs any code: a Go
+// child sizes GOMAXPROCS from it).
+func (e *env) start(name, dir, logPath string, env []string, cpus []int, argv ...string) (*harness.Proc, error) {
+	return harness.Start(harness.ProcSpec{
+		Name:      name,
+		Args:      argv,
+		Dir:       dir,
+		Env:       env,
+		LogPath:   logPath,
+		CleanEnv:  true,
+		StdinPipe: true,
+		StartCmd:  func(cmd *exec.Cmd) error { return startWithAffinity(cmd, cpus) },
+	})
 }
 
-type child struct {
-	name string
-	cmd  *exec.Cmd
-	log  string // path of the combined stdout/stderr log
-	done chan struct{}
-	err  error // exit status, valid after done is closed
-}
-
-func (c *child) pid() int { return c.cmd.Process.Pid }
-
-// exited reports whether the child has already exited.
-func (c *child) exited() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// logTail returns the last n bytes of the child's log, for error messages.
-func (c *child) logTail(n int64) string {
-	f, err := os.Open(c.log)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return ""
-	}
-	off := st.Size() - n
-	if off < 0 {
-		off = 0
-	}
-	b := make([]byte, st.Size()-off)
-	_, _ = f.ReadAt(b, off)
-	return string(b)
-}
+// stopGrace is how long a child gets after SIGTERM before SIGKILL.
+const stopGrace = 3 * time.Second
 
 // logSize is the current size of the child's log in bytes.
-func (c *child) logSize() int64 {
-	st, err := os.Stat(c.log)
+func logSize(c *harness.Proc) int64 {
+	st, err := os.Stat(c.LogPath)
 	if err != nil {
 		return 0
 	}
 	return st.Size()
-}
-
-// start launches a child. If cpus is non-nil the child is started with that
-// CPU affinity (inherited from the forking thread, so it applies before the
-// child runs any code: a Go child sizes GOMAXPROCS from it).
-func (ps *procSet) start(name, dir, logPath string, env []string, cpus []int, argv ...string) (*child, error) {
-	lf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Env = env
-	cmd.Stdout = lf
-	cmd.Stderr = lf
-	// stdin is a pipe that we never write: the node peer exits when it closes.
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		lf.Close()
-		return nil, err
-	}
-	_ = stdin
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	if err := startWithAffinity(cmd, cpus); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	lf.Close() // the child holds its own descriptor
-	c := &child{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
-	go func() { c.err = cmd.Wait(); close(c.done) }()
-	ps.procs = append(ps.procs, c)
-	return c, nil
-}
-
-// stop kills one child (its whole process group) and waits for it.
-func (ps *procSet) stop(c *child) {
-	if c == nil {
-		return
-	}
-	if !c.exited() {
-		_ = syscall.Kill(-c.pid(), syscall.SIGTERM)
-		select {
-		case <-c.done:
-		case <-time.After(3 * time.Second):
-			_ = syscall.Kill(-c.pid(), syscall.SIGKILL)
-			select {
-			case <-c.done:
-			case <-time.After(5 * time.Second):
-			}
-		}
-	}
-	ps.mu.Lock()
-	for i, p := range ps.procs {
-		if p == c {
-			ps.procs = append(ps.procs[:i], ps.procs[i+1:]...)
-			break
-		}
-	}
-	ps.mu.Unlock()
-}
-
-// killAll kills every child still running. Safe to call more than once and
-// from a signal handler goroutine.
-func (ps *procSet) killAll() {
-	ps.mu.Lock()
-	procs := append([]*child(nil), ps.procs...)
-	ps.mu.Unlock()
-	for _, c := range procs {
-		if !c.exited() {
-			_ = syscall.Kill(-c.pid(), syscall.SIGKILL)
-		}
-	}
-	for _, c := range procs {
-		select {
-		case <-c.done:
-		case <-time.After(5 * time.Second):
-		}
-	}
-	ps.mu.Lock()
-	ps.procs = nil
-	ps.mu.Unlock()
 }
 
 // ---- CPU affinity (stdlib only: raw sched_setaffinity) ----
@@ -248,51 +137,10 @@ func allCPUs() []int {
 	return out
 }
 
-// ---- ports, readiness, RSS ----
+// ---- readiness, RSS, CPU ----
 
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// waitHTTP polls url until it answers any HTTP response (bounded by timeout),
-// or the child exits.
-func waitHTTP(ctx context.Context, c *child, url string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	cl := &http.Client{Timeout: 2 * time.Second}
-	for i := 0; time.Now().Before(deadline) && i < 2000; i++ {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if c != nil && c.exited() {
-			return fmt.Errorf("%s exited during startup (%v); log tail:\n%s", c.name, c.err, c.logTail(3000))
-		}
-		resp, err := cl.Get(url)
-		if err == nil {
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	tail := ""
-	if c != nil {
-		tail = c.logTail(3000)
-	}
-	return fmt.Errorf("%s did not answer on %s within %s; log tail:\n%s", nameOf(c), url, timeout, tail)
-}
-
-func nameOf(c *child) string {
-	if c == nil {
-		return "server"
-	}
-	return c.name
-}
+// anyStatus is a readiness test for harness.WaitReady: any HTTP answer.
+func anyStatus(int) bool { return true }
 
 // procStatus reads VmRSS and VmHWM (peak RSS) of pid, in bytes.
 func procStatus(pid int) (rss, hwm int64, err error) {
@@ -358,12 +206,12 @@ func groupPids(pgid int) []int {
 
 // rssOf returns the VmRSS of the child's process group in bytes (0 if it
 // cannot be read).
-func rssOf(c *child) int64 {
-	if c == nil || c.exited() {
+func rssOf(c *harness.Proc) int64 {
+	if c == nil || c.Exited() {
 		return 0
 	}
 	var sum int64
-	for _, p := range groupPids(c.pid()) {
+	for _, p := range groupPids(c.Pid()) {
 		r, _, _ := procStatus(p)
 		sum += r
 	}
@@ -371,12 +219,12 @@ func rssOf(c *child) int64 {
 }
 
 // groupCPU is the CPU time of the child's process group.
-func groupCPU(c *child) time.Duration {
+func groupCPU(c *harness.Proc) time.Duration {
 	if c == nil {
 		return 0
 	}
 	var sum time.Duration
-	for _, p := range groupPids(c.pid()) {
+	for _, p := range groupPids(c.Pid()) {
 		sum += cpuTime(p)
 	}
 	return sum

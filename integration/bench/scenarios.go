@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-par/caddy-par/integration/internal/harness"
 )
 
 // row is one line of the report.
@@ -115,12 +117,12 @@ func parBlock(lifetime, storeSize string) string {
 
 // startCaddy writes a Caddyfile with one site on a free loopback port and
 // starts `caddy run` on the server CPUs. It returns the site's base URL.
-func (e *env) startCaddy(name, siteBody string) (*child, string, error) {
+func (e *env) startCaddy(name, siteBody string) (*harness.Proc, string, error) {
 	return e.startCaddyEnv(name, siteBody)
 }
 
-func (e *env) startCaddyEnv(name, siteBody string, env ...string) (*child, string, error) {
-	port, err := freePort()
+func (e *env) startCaddyEnv(name, siteBody string, env ...string) (*harness.Proc, string, error) {
+	port, err := harness.FreePort()
 	if err != nil {
 		return nil, "", err
 	}
@@ -130,13 +132,13 @@ func (e *env) startCaddyEnv(name, siteBody string, env ...string) (*child, strin
 	if err := os.WriteFile(path, []byte(cf), 0o644); err != nil {
 		return nil, "", err
 	}
-	c, err := e.procs.start("caddy("+name+")", e.tmp, filepath.Join(e.tmp, name+".caddy.log"), e.childEnv(env...), e.serverCPUs,
+	c, err := e.start("caddy("+name+")", e.tmp, filepath.Join(e.tmp, name+".caddy.log"), e.childEnv(env...), e.serverCPUs,
 		e.caddyPath, "run", "--config", path, "--adapter", "caddyfile")
 	if err != nil {
 		return nil, "", err
 	}
 	e.servers = append(e.servers, c)
-	if err := waitHTTP(e.ctx, c, base+"/", 30*time.Second); err != nil {
+	if err := harness.WaitReady(e.ctx, c, base+"/", 30*time.Second, anyStatus); err != nil {
 		return nil, "", err
 	}
 	return c, base, nil
@@ -169,13 +171,13 @@ func machineBusy() time.Duration {
 
 // foreignCPU is the machine's busy CPU time minus the bench's own processes
 // (itself, the server under test, the upstream): other load on the machine.
-func (e *env) foreignCPU(server *child) time.Duration {
+func (e *env) foreignCPU(server *harness.Proc) time.Duration {
 	own := cpuTime(os.Getpid())
 	if server != nil {
 		own += groupCPU(server)
 	}
-	if e.upstream != nil && !e.upstream.exited() {
-		own += cpuTime(e.upstream.pid())
+	if e.upstream != nil && !e.upstream.Exited() {
+		own += cpuTime(e.upstream.Pid())
 	}
 	return machineBusy() - own
 }
@@ -204,7 +206,7 @@ func cpuTime(pid int) time.Duration {
 
 // measure runs spec against server, filling r with the load result, the
 // server's CPU per request, RSS and log volume.
-func (e *env) measure(r *row, server *child, spec loadSpec) *loadResult {
+func (e *env) measure(r *row, server *harness.Proc, spec loadSpec) *loadResult {
 	if spec.concurrency == 0 {
 		spec.concurrency = e.cfg.concurrency
 	}
@@ -220,11 +222,11 @@ func (e *env) measure(r *row, server *child, spec loadSpec) *loadResult {
 		foreign0 = e.foreignCPU(server)
 		self0 = cpuTime(os.Getpid())
 		if e.upstream != nil {
-			up0 = cpuTime(e.upstream.pid())
+			up0 = cpuTime(e.upstream.Pid())
 		}
 		if server != nil {
 			cpu0 = groupCPU(server)
-			log0 = server.logSize()
+			log0 = logSize(server)
 		}
 		if prev != nil {
 			prev()
@@ -238,8 +240,8 @@ func (e *env) measure(r *row, server *child, spec loadSpec) *loadResult {
 			r.foreign = f
 			gen := float64(cpuTime(os.Getpid())-self0) / float64(el)
 			up := 0.0
-			if e.upstream != nil && !e.upstream.exited() {
-				up = float64(cpuTime(e.upstream.pid())-up0) / float64(el)
+			if e.upstream != nil && !e.upstream.Exited() {
+				up = float64(cpuTime(e.upstream.Pid())-up0) / float64(el)
 			}
 			srv := 0.0
 			if server != nil {
@@ -255,7 +257,7 @@ func (e *env) measure(r *row, server *child, spec loadSpec) *loadResult {
 		cpu1 := groupCPU(server)
 		r.cpuPerReq = (cpu1 - cpu0) / time.Duration(res.requests)
 		r.rss = rssOf(server)
-		r.logPerReq = float64(server.logSize()-log0) / float64(res.requests)
+		r.logPerReq = float64(logSize(server)-log0) / float64(res.requests)
 	}
 	if res.exhausted {
 		r.note("the request source ran out before the duration ended: measured %s", res.elapsed.Round(time.Millisecond))
@@ -304,11 +306,11 @@ func (e *env) baselineProxy(r *row) error {
 }
 
 // startGateway starts caddy with oauth_par in front of the upstream.
-func (e *env) startGateway(name, lifetime, storeSize string) (*child, string, error) {
+func (e *env) startGateway(name, lifetime, storeSize string) (*harness.Proc, string, error) {
 	return e.startGatewayEnv(name, lifetime, storeSize)
 }
 
-func (e *env) startGatewayEnv(name, lifetime, storeSize string, env ...string) (*child, string, error) {
+func (e *env) startGatewayEnv(name, lifetime, storeSize string, env ...string) (*harness.Proc, string, error) {
 	up, err := e.startUpstream()
 	if err != nil {
 		return nil, "", err
@@ -459,18 +461,18 @@ func (e *env) peerOIDCProvider(r *row, large bool) error {
 	if err := e.ensurePeerDeps(); err != nil {
 		return err
 	}
-	port, err := freePort()
+	port, err := harness.FreePort()
 	if err != nil {
 		return err
 	}
-	c, err := e.procs.start("node-oidc-provider", e.peerDir, filepath.Join(e.tmp, r.name+".node.log"),
+	c, err := e.start("node-oidc-provider", e.peerDir, filepath.Join(e.tmp, r.name+".node.log"),
 		e.childEnv("NODE_ENV=production"), e.serverCPUs, node, "server.mjs", strconv.Itoa(port))
 	if err != nil {
 		return err
 	}
 	e.servers = append(e.servers, c)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	if err := waitHTTP(e.ctx, c, base+"/.well-known/openid-configuration", 30*time.Second); err != nil {
+	if err := harness.WaitReady(e.ctx, c, base+"/.well-known/openid-configuration", 30*time.Second, anyStatus); err != nil {
 		return err
 	}
 	r.server = "node-oidc-provider " + e.info.oidcProvider

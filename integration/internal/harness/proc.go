@@ -34,6 +34,18 @@ type ProcSpec struct {
 	Dir     string
 	Env     []string // added to (and overriding) the current environment
 	LogPath string
+
+	// CleanEnv makes Env the child's whole environment instead of
+	// additions to this process's.
+	CleanEnv bool
+	// StdinPipe gives the child a stdin pipe that nothing writes to: it
+	// reaches EOF when this process exits, so a child can watch it to die
+	// with its parent. Without it stdin is the null device.
+	StdinPipe bool
+	// StartCmd, if set, starts the prepared command instead of cmd.Start
+	// (e.g. to fork it from a CPU-pinned thread). It must call cmd.Start
+	// once and return its error.
+	StartCmd func(cmd *exec.Cmd) error
 }
 
 var (
@@ -51,14 +63,29 @@ func Start(spec ProcSpec) (*Proc, error) {
 	defer lf.Close() // the child has its own descriptor
 	cmd := exec.Command(spec.Args[0], spec.Args[1:]...)
 	cmd.Dir = spec.Dir
-	cmd.Env = mergeEnv(os.Environ(), spec.Env)
+	if spec.CleanEnv {
+		cmd.Env = append([]string{}, spec.Env...) // non-nil: nothing inherited
+	} else {
+		cmd.Env = mergeEnv(os.Environ(), spec.Env)
+	}
 	cmd.Stdout = lf
 	cmd.Stderr = lf
+	if spec.StdinPipe {
+		// The write end stays with cmd (closed after Wait), so it lives as
+		// long as the Proc and closes when this process exits.
+		if _, err := cmd.StdinPipe(); err != nil {
+			return nil, err
+		}
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	fmt.Fprintf(lf, "### %s: %s\n", time.Now().Format(time.RFC3339), strings.Join(spec.Args, " "))
+	startCmd := spec.StartCmd
+	if startCmd == nil {
+		startCmd = (*exec.Cmd).Start
+	}
 	registryMu.Lock()
 	defer registryMu.Unlock()
-	if err := cmd.Start(); err != nil {
+	if err := startCmd(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", spec.Name, err)
 	}
 	p := &Proc{Name: spec.Name, LogPath: spec.LogPath, cmd: cmd, done: make(chan struct{})}
@@ -131,7 +158,13 @@ func (p *Proc) Stop(grace time.Duration) {
 // StopAll kills every process started by Start that is still registered.
 // It is meant for the last line of defence: TestMain, signal handlers and
 // watchdogs.
-func StopAll() {
+func StopAll() { stopAll(2 * time.Second) }
+
+// KillAll is StopAll without the grace period: every registered process
+// group gets SIGKILL at once (after a SIGTERM it has no time to act on).
+func KillAll() { stopAll(0) }
+
+func stopAll(grace time.Duration) {
 	registryMu.Lock()
 	ps := make([]*Proc, 0, len(registry))
 	for p := range registry {
@@ -141,7 +174,7 @@ func StopAll() {
 	var wg sync.WaitGroup
 	for _, p := range ps {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.Stop(2 * time.Second) }()
+		go func() { defer wg.Done(); p.Stop(grace) }()
 	}
 	wg.Wait()
 }
