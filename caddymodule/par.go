@@ -168,19 +168,42 @@ func storedParams(body string) string {
 		var pair string
 		pair, body, _ = strings.Cut(body, "&")
 		k, v, _ := strings.Cut(pair, "=")
-		key, err1 := url.QueryUnescape(k)
-		val, err2 := url.QueryUnescape(v)
-		if err1 != nil || err2 != nil || val == "" || isClientAuthParam(key) {
+		key, err := url.QueryUnescape(k)
+		if err != nil || v == "" || isClientAuthParam(key) {
 			continue
 		}
 		if b.Len() > 0 {
 			b.WriteByte('&')
+		}
+		if isQuerySafe(pair) {
+			// Already a valid query pair (the usual case): keep it.
+			b.WriteString(pair)
+			continue
+		}
+		val, err := url.QueryUnescape(v)
+		if err != nil {
+			continue
 		}
 		b.WriteString(url.QueryEscape(key))
 		b.WriteByte('=')
 		b.WriteString(url.QueryEscape(val))
 	}
 	return b.String()
+}
+
+// isQuerySafe reports whether s has only bytes allowed in a URI query
+// (RFC 3986 §3.4: unreserved, pct-encoded, sub-delims, ':', '@', '/', '?').
+func isQuerySafe(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("-._~%!$'()*+,;=:@/?", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func tooLarge(limit int64) *oauthError {

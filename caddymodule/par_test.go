@@ -206,3 +206,10 @@ func TestStoredParamsAreAValidQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestStoredParamsKeepValidPairsAsSent(t *testing.T) {
+	body := "client_id=web-app&claims=%7B%22a%22%3A1%7D&scope=openid+profile&x=a~b.c_d-e"
+	if got := storedParams(body); got != body {
+		t.Fatalf("got %q, want %q", got, body)
+	}
+}
