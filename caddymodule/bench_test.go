@@ -50,11 +50,7 @@ func BenchmarkNewRef(b *testing.B) {
 }
 
 func BenchmarkMemoryStorePutTake(b *testing.B) {
-	c, err := newMemoryCache(256 << 20)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Destruct()
+	c := newTestCache(b, 256<<20)
 	req := PushedRequest{ClientID: "web-app", Params: validPush().Encode(), ExpiresAt: time.Now().Add(time.Minute)}
 	ctx := b.Context()
 	b.ReportAllocs()
@@ -72,11 +68,7 @@ func BenchmarkMemoryStorePutTake(b *testing.B) {
 }
 
 func BenchmarkMemoryStorePutParallel(b *testing.B) {
-	c, err := newMemoryCache(1 << 30)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Destruct()
+	c := newTestCache(b, 1<<30)
 	req := PushedRequest{ClientID: "web-app", Params: validPush().Encode(), ExpiresAt: time.Now().Add(time.Minute)}
 	ctx := b.Context()
 	b.ReportAllocs()
@@ -92,7 +84,7 @@ func BenchmarkMemoryStorePutParallel(b *testing.B) {
 
 // BenchmarkPARRequest is a whole push through servePAR, without HTTP I/O.
 func BenchmarkPARRequest(b *testing.B) {
-	g := newTestGateway(b, func(g *gateway) { g.store = mustCache(b, 1<<30) })
+	g := newTestGateway(b, func(g *gateway) { g.store = newTestCache(b, 1<<30) })
 	body := validPush().Encode()
 	auth := basicHeader("web-app", testSecret)
 	b.ReportAllocs()
@@ -110,7 +102,7 @@ func BenchmarkPARRequest(b *testing.B) {
 
 // BenchmarkRedeem redeems request_uris pushed before the timer starts.
 func BenchmarkRedeem(b *testing.B) {
-	g := newTestGateway(b, func(g *gateway) { g.store = mustCache(b, 1<<30) })
+	g := newTestGateway(b, func(g *gateway) { g.store = newTestCache(b, 1<<30) })
 	next := func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(http.StatusOK); return nil }
 	reqs := make([]*http.Request, b.N)
 	for i := range reqs {
@@ -127,15 +119,6 @@ func BenchmarkRedeem(b *testing.B) {
 	}
 }
 
-func mustCache(tb testing.TB, budget int64) *memoryCache {
-	c, err := newMemoryCache(budget)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = c.Destruct() })
-	return c
-}
-
 // BenchmarkMemoryStoreHeapPerEntry reports the live heap one stored push of
 // ~600 bytes costs, against the raw parameter bytes and the cost the store
 // charges to its max_size budget.
@@ -145,7 +128,7 @@ func BenchmarkMemoryStoreHeapPerEntry(b *testing.B) {
 	base.Set("claims", strings.Repeat("x", 300))
 	raw := 0
 	for b.Loop() {
-		c := mustCache(b, 1<<30)
+		c := newTestCache(b, 1<<30)
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)

@@ -17,11 +17,7 @@ const testSecret = "s3cret+:%"
 // public client "spa" over a fresh memory store.
 func newTestGateway(t testing.TB, mod func(g *gateway)) *gateway {
 	t.Helper()
-	cache, err := newMemoryCache(1 << 20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cache.Destruct() })
+	cache := newTestCache(t, 1<<20)
 	clients := map[string]*client{}
 	for _, c := range []ClientConfig{
 		{ClientID: "web-app", Secret: testSecret, RedirectURIs: []string{"https://app.example.com/cb"}, AllowedScopes: []string{"openid", "profile", "email"}},

@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-func newTestCache(t *testing.T, budget int64) *memoryCache {
+func newTestCache(t testing.TB, budget int64) *memoryCache {
 	t.Helper()
 	c, err := newMemoryCache(budget)
 	if err != nil {
