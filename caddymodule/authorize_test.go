@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 // upstream records what reached the next handler.
@@ -355,4 +356,33 @@ func authorizeRequests(up *upstream) int {
 		}
 	}
 	return n
+}
+
+// A hanging upstream must not hold up a rejection for longer than the probe
+// allows, nor make concurrent rejections wait.
+func TestIssuerProbeIsBoundedAndDoesNotQueue(t *testing.T) {
+	g := newTestGateway(t, func(g *gateway) { g.requirePAR = true })
+	release := make(chan struct{})
+	defer close(release)
+	hang := func(w http.ResponseWriter, r *http.Request) error {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+		return r.Context().Err()
+	}
+	r := httptest.NewRequest(http.MethodGet, "/authorize?client_id=web-app&redirect_uri=https%3A%2F%2Fapp.example.com%2Fcb", nil)
+	g.probeMu.Lock() // a probe is under way
+	w := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() { _ = g.serveAuthorize(w, r, hang); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("rejection waited behind a running probe")
+	}
+	g.probeMu.Unlock()
+	if w.Code != http.StatusSeeOther || strings.Contains(w.Header().Get("Location"), "iss=") {
+		t.Fatalf("status %d Location %q", w.Code, w.Header().Get("Location"))
+	}
 }

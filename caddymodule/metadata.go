@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -249,22 +250,35 @@ func (g *gateway) responseIssuer(r *http.Request, next nextHandler) string {
 	return ""
 }
 
-// probeRetry is how long a failed discovery probe is not repeated.
-const probeRetry = time.Minute
+// probeRetry is how long a failed discovery probe is not repeated;
+// probeTimeout bounds one probe, all candidates together.
+const (
+	probeRetry   = time.Minute
+	probeTimeout = 5 * time.Second
+)
 
 // probeDiscovery looks for the discovery document describing this gateway's
 // authorization endpoint at the well-known locations derived from its path
 // (/realms/demo/protocol/openid-connect/auth: /realms/demo/.well-known/...,
 // among others), through the rest of the handler chain.
 func (g *gateway) probeDiscovery(r *http.Request, next nextHandler) {
-	g.probeMu.Lock()
+	// One probe at a time; concurrent rejections do not wait behind a slow
+	// upstream, they go out without iss.
+	if !g.probeMu.TryLock() {
+		return
+	}
 	defer g.probeMu.Unlock()
 	if g.learnedIss.Load() != nil || (!g.lastProbe.IsZero() && g.now().Sub(g.lastProbe) < probeRetry) {
 		return
 	}
 	g.lastProbe = g.now()
+	ctx, cancel := context.WithTimeout(r.Context(), probeTimeout)
+	defer cancel()
 	for _, p := range discoveryCandidates(g.authorizationEndpoint) {
-		sub := r.Clone(r.Context())
+		if ctx.Err() != nil {
+			break
+		}
+		sub := r.Clone(ctx)
 		sub.Method = http.MethodGet
 		sub.URL = &url.URL{Path: p}
 		sub.RequestURI = p
