@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"slices"
@@ -10,9 +11,13 @@ import (
 
 // Client authentication methods (RFC 7591 §2 token_endpoint_auth_method).
 const (
-	AuthClientSecretBasic = "client_secret_basic"
-	AuthClientSecretPost  = "client_secret_post"
-	AuthNone              = "none"
+	AuthClientSecretBasic       = "client_secret_basic"
+	AuthClientSecretPost        = "client_secret_post"
+	AuthClientSecretJWT         = "client_secret_jwt"           // RFC 7523, OIDC Core §9
+	AuthPrivateKeyJWT           = "private_key_jwt"             // RFC 7523, OIDC Core §9
+	AuthTLSClientAuth           = "tls_client_auth"             // RFC 8705 §2.1
+	AuthSelfSignedTLSClientAuth = "self_signed_tls_client_auth" // RFC 8705 §2.2
+	AuthNone                    = "none"
 )
 
 // ClientConfig registers one OAuth client with the gateway.
@@ -36,6 +41,27 @@ type ClientConfig struct {
 	RequirePAR bool `json:"require_par,omitempty"`
 	// AllowedScopes, when set, limits the scopes the client may push.
 	AllowedScopes []string `json:"allowed_scopes,omitempty"`
+
+	// The client's public keys, for private_key_jwt, signed request objects
+	// and self_signed_tls_client_auth: at most one of an inline JWK Set,
+	// a JWK Set file, or a JWK Set URL fetched at run time.
+	JWKS     json.RawMessage `json:"jwks,omitempty"`
+	JWKSFile string          `json:"jwks_file,omitempty"`
+	JWKSURI  string          `json:"jwks_uri,omitempty"`
+
+	// TLSClientAuth* name the certificate a tls_client_auth client presents
+	// (RFC 8705 §2.1.2): exactly one of them is set for such a client.
+	TLSClientAuthSubjectDN string `json:"tls_client_auth_subject_dn,omitempty"`
+	TLSClientAuthSANDNS    string `json:"tls_client_auth_san_dns,omitempty"`
+	TLSClientAuthSANURI    string `json:"tls_client_auth_san_uri,omitempty"`
+	TLSClientAuthSANIP     string `json:"tls_client_auth_san_ip,omitempty"`
+	TLSClientAuthSANEmail  string `json:"tls_client_auth_san_email,omitempty"`
+
+	// RequireSignedRequestObject rejects pushes without a signed request
+	// object (RFC 9101 §10.5).
+	RequireSignedRequestObject bool `json:"require_signed_request_object,omitempty"`
+	// RequireDPoP rejects pushes that bind no DPoP key (RFC 9449 §10).
+	RequireDPoP bool `json:"require_dpop,omitempty"`
 }
 
 // client is the provisioned, immutable form of a ClientConfig.

@@ -55,12 +55,67 @@ type Handler struct {
 	// the parameters in the query (default), or POST with a form body, for
 	// upstreams that limit URL length (OpenID Connect Core §3.1.2.1).
 	ForwardMethod string `json:"forward_method,omitempty"`
+	// Profile switches on a security profile: "fapi2" (FAPI 2.0 Security
+	// Profile) or "fapi2_message_signing" (also signed request objects).
+	Profile string `json:"profile,omitempty"`
+	// ClockSkew is how far in the future iat/nbf of a JWT may lie. Default
+	// 10s; at most 59s (FAPI 2.0 §5.3.2.1: 60 s or more is rejected).
+	ClockSkew caddy.Duration `json:"clock_skew,omitempty"`
+	// AssertionMaxLifetime bounds exp of a client assertion. Default 5m.
+	AssertionMaxLifetime caddy.Duration `json:"assertion_max_lifetime,omitempty"`
+	// ClientAssertionSigningAlgs are the algorithms accepted for
+	// private_key_jwt. Default PS256, ES256, EdDSA, RS256 (client_secret_jwt
+	// always uses HS256, HS384 or HS512).
+	ClientAssertionSigningAlgs []string `json:"client_assertion_signing_algs,omitempty"`
+	// RequestObjectSigningAlgs are the algorithms accepted for signed
+	// request objects. Default PS256, ES256, EdDSA, RS256.
+	RequestObjectSigningAlgs []string `json:"request_object_signing_algs,omitempty"`
+	// RequestObjectMaxLifetime bounds exp - nbf of a request object.
+	// Default 60m (FAPI 2.0 Message Signing §5.3.1).
+	RequestObjectMaxLifetime caddy.Duration `json:"request_object_max_lifetime,omitempty"`
+	// RequireRequestObjectTyp requires typ oauth-authz-req+jwt
+	// (RFC 9101 §10.8).
+	RequireRequestObjectTyp bool `json:"require_request_object_typ,omitempty"`
+	// RequireSignedRequestObject requires a signed request object in every
+	// push (RFC 9101 §10.5).
+	RequireSignedRequestObject bool `json:"require_signed_request_object,omitempty"`
+	// RequestObjectEncryption, when set, accepts request objects encrypted
+	// to the gateway's own keys (RFC 9101 §6.1).
+	RequestObjectEncryption *EncryptionConfig `json:"request_object_encryption,omitempty"`
+	// DPoPSigningAlgs are the algorithms accepted for DPoP proofs at the PAR
+	// endpoint (RFC 9449 §10); setting them advertises
+	// dpop_signing_alg_values_supported. Default PS256, ES256, EdDSA, RS256.
+	DPoPSigningAlgs []string `json:"dpop_signing_algs,omitempty"`
+	// MTLSEndpoint is the absolute URL of the PAR endpoint for mTLS
+	// clients, advertised in mtls_endpoint_aliases (RFC 8705 §5). Default:
+	// the PAR endpoint itself.
+	MTLSEndpoint string `json:"mtls_endpoint,omitempty"`
+	// ClientCAFile holds PEM trust anchors for tls_client_auth when Caddy's
+	// client_auth did not verify the chain itself (mode request).
+	ClientCAFile string `json:"client_ca_file,omitempty"`
 	// Clients are the OAuth clients allowed to push.
 	Clients []ClientConfig `json:"clients,omitempty"`
 	// StoreRaw is the pushed-request store. Default: memory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.oauth_par.stores inline_key=backend"`
 
 	gw *gateway
+}
+
+// EncryptionConfig sets up decryption of request objects encrypted to the
+// gateway (RFC 9101 §6.1).
+type EncryptionConfig struct {
+	// KeyFile is a JWK or JWK Set file with the private keys. Default: an
+	// RSA and an EC P-256 key generated once and kept in Caddy's storage.
+	KeyFile string `json:"key_file,omitempty"`
+	// JWKSPath is where the public keys are served. Default:
+	// <par_endpoint>/jwks.
+	JWKSPath string `json:"jwks_path,omitempty"`
+	// Algs are the accepted key management algorithms. Default
+	// RSA-OAEP-256, ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW.
+	Algs []string `json:"algs,omitempty"`
+	// Encs are the accepted content encryption algorithms. Default
+	// A128GCM, A256GCM.
+	Encs []string `json:"encs,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.

@@ -35,6 +35,13 @@ type Store interface {
 	// (ErrClientMismatch), so a stolen reference cannot be burnt by a
 	// different client.
 	Take(ctx context.Context, ref, clientID string) (PushedRequest, error)
+	// Claim records key as used until expiresAt. Of concurrent Claims for
+	// one key exactly one succeeds; the others, and every later one until
+	// expiresAt, get ErrReplay. It backs single-use jti values of client
+	// assertions (RFC 7523 §3) and DPoP proofs (RFC 9449 §11.1). It returns
+	// ErrStoreUnavailable (possibly wrapped) when it cannot record the key:
+	// the caller must then refuse the JWT, never accept it unrecorded.
+	Claim(ctx context.Context, key string, expiresAt time.Time) error
 }
 
 // Store errors. Callers compare with errors.Is.
@@ -43,6 +50,7 @@ var (
 	ErrExpired          = errors.New("expired request_uri")
 	ErrClientMismatch   = errors.New("request_uri was issued to another client")
 	ErrStoreUnavailable = errors.New("pushed request store unavailable")
+	ErrReplay           = errors.New("already used")
 )
 
 // StoreProvider is implemented by store modules in the

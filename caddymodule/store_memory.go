@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
+	"hash/maphash"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -101,6 +103,27 @@ type memoryCache struct {
 	budget int64
 	used   atomic.Int64
 	now    func() time.Time
+
+	// claims are the single-use keys (jti) recorded by Claim. They share
+	// the byte budget with pushed requests, so an attacker who can mint
+	// valid JWTs still cannot grow memory past max_size.
+	claims    [claimShards]claimShard
+	claimSeed maphash.Seed
+	stop      chan struct{}
+	stopOnce  sync.Once
+}
+
+// claimShards spreads Claim's locking; claimOverhead is what one recorded
+// key costs beyond its bytes (map slot, string header, expiry).
+const (
+	claimShards   = 32
+	claimOverhead = 64
+	claimSweep    = 30 * time.Second
+)
+
+type claimShard struct {
+	mu sync.Mutex
+	m  map[string]int64 // key -> expiry, Unix nanoseconds
 }
 
 // entryOverhead approximates what one entry costs beyond its strings: our
@@ -110,7 +133,10 @@ type memoryCache struct {
 const entryOverhead = int64(unsafe.Sizeof(memoryEntry{})) + 250
 
 func newMemoryCache(budget int64) (*memoryCache, error) {
-	m := &memoryCache{budget: budget, now: time.Now}
+	m := &memoryCache{budget: budget, now: time.Now, claimSeed: maphash.MakeSeed(), stop: make(chan struct{})}
+	for i := range m.claims {
+		m.claims[i].m = map[string]int64{}
+	}
 	c, err := ristretto.NewCache(&ristretto.Config[string, *memoryEntry]{
 		// The admission counters only matter when ristretto is full, which
 		// our own budget prevents; keep them small and bounded, as they are
@@ -127,6 +153,7 @@ func newMemoryCache(budget int64) (*memoryCache, error) {
 		return nil, err
 	}
 	m.c = c
+	go m.sweepClaims()
 	return m, nil
 }
 
@@ -184,8 +211,77 @@ func (m *memoryCache) Take(_ context.Context, key, clientID string) (PushedReque
 	return e.req, nil
 }
 
+// Claim records key until expiresAt; see Store.
+func (m *memoryCache) Claim(_ context.Context, key string, expiresAt time.Time) error {
+	now := m.now().UnixNano()
+	exp := expiresAt.UnixNano()
+	if exp <= now {
+		// Nothing to guard: the JWT's own expiry already refuses a replay.
+		return nil
+	}
+	sh := &m.claims[maphash.String(m.claimSeed, key)%claimShards]
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if old, ok := sh.m[key]; ok {
+		if now < old {
+			return ErrReplay
+		}
+		sh.m[key] = exp // an expired record is reused in place
+		return nil
+	}
+	cost := int64(len(key)) + claimOverhead
+	if m.used.Add(cost) > m.budget {
+		m.used.Add(-cost)
+		// Expired records of this shard may be what fills the budget.
+		if m.sweepShard(sh, now) == 0 {
+			return fmt.Errorf("%w: memory store is full", ErrStoreUnavailable)
+		}
+		if m.used.Add(cost) > m.budget {
+			m.used.Add(-cost)
+			return fmt.Errorf("%w: memory store is full", ErrStoreUnavailable)
+		}
+	}
+	sh.m[key] = exp
+	return nil
+}
+
+// sweepShard drops expired claims from a locked shard and returns how many
+// bytes it gave back to the budget.
+func (m *memoryCache) sweepShard(sh *claimShard, now int64) int64 {
+	var freed int64
+	for k, exp := range sh.m {
+		if exp <= now {
+			delete(sh.m, k)
+			freed += int64(len(k)) + claimOverhead
+		}
+	}
+	m.used.Add(-freed)
+	return freed
+}
+
+// sweepClaims periodically returns expired claims' bytes to the budget.
+func (m *memoryCache) sweepClaims() {
+	t := time.NewTicker(claimSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-t.C:
+			now := m.now().UnixNano()
+			for i := range m.claims {
+				sh := &m.claims[i]
+				sh.mu.Lock()
+				m.sweepShard(sh, now)
+				sh.mu.Unlock()
+			}
+		}
+	}
+}
+
 // Destruct closes the cache when the last config using it is gone.
 func (m *memoryCache) Destruct() error {
+	m.stopOnce.Do(func() { close(m.stop) })
 	m.c.Close()
 	return nil
 }

@@ -143,3 +143,75 @@ func TestMemoryStoreRejectsExpiredPut(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestMemoryStoreClaimIsSingleUseUntilExpiry(t *testing.T) {
+	c := newTestCache(t, 1<<20)
+	ctx := t.Context()
+	now := time.Now()
+	c.now = func() time.Time { return now }
+	exp := now.Add(time.Minute)
+	if err := c.Claim(ctx, "jti/a/1", exp); err != nil {
+		t.Fatalf("first claim: %v", err)
+	}
+	if err := c.Claim(ctx, "jti/a/1", exp); !errors.Is(err, ErrReplay) {
+		t.Fatalf("replayed claim: %v, want ErrReplay", err)
+	}
+	if err := c.Claim(ctx, "jti/a/2", exp); err != nil {
+		t.Fatalf("other key: %v", err)
+	}
+	now = exp.Add(time.Second)
+	if err := c.Claim(ctx, "jti/a/1", now.Add(time.Minute)); err != nil {
+		t.Fatalf("claim after expiry: %v", err)
+	}
+}
+
+func TestMemoryStoreConcurrentClaimHasOneWinner(t *testing.T) {
+	c := newTestCache(t, 1<<20)
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if c.Claim(t.Context(), "jti/x", time.Now().Add(time.Minute)) == nil {
+				wins.Add(1)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d claims won, want 1", wins.Load())
+	}
+}
+
+func TestMemoryStoreClaimsAreBoundedByTheBudget(t *testing.T) {
+	const budget = minMemoryStoreSize
+	c := newTestCache(t, budget)
+	ctx := t.Context()
+	exp := time.Now().Add(time.Minute)
+	var n int
+	var err error
+	for n = 0; n < budget; n++ {
+		if err = c.Claim(ctx, fmt.Sprintf("jti/%08d", n), exp); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, ErrStoreUnavailable) {
+		t.Fatalf("after %d claims: %v, want ErrStoreUnavailable", n, err)
+	}
+	if used := c.used.Load(); used > budget {
+		t.Fatalf("used %d bytes of a %d budget", used, budget)
+	}
+	// A full store refuses pushes too: the budget is shared.
+	if err := c.Put(ctx, "k", entry("a", time.Minute)); !errors.Is(err, ErrStoreUnavailable) {
+		t.Fatalf("put into a store full of claims: %v", err)
+	}
+	// Once the claims expire, their room comes back.
+	c.now = func() time.Time { return exp.Add(time.Second) }
+	if err := c.Claim(ctx, "jti/new", exp.Add(time.Hour)); err != nil {
+		t.Fatalf("claim after expiry freed the shard: %v", err)
+	}
+}
