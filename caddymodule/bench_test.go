@@ -34,7 +34,7 @@ func BenchmarkClientAuthenticationBasic(b *testing.B) {
 	form := url.Values{"client_id": {"web-app"}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, oerr := g.auth.authenticate(r, form); oerr != nil {
+		if _, _, oerr := g.auth.authenticate(r, form, audiences{}); oerr != nil {
 			b.Fatal(oerr)
 		}
 	}
@@ -93,7 +93,7 @@ func BenchmarkPARRequest(b *testing.B) {
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		r.Header.Set("Authorization", auth)
 		w := httptest.NewRecorder()
-		g.servePAR(w, r)
+		g.servePAR(w, r, nil)
 		if w.Code != http.StatusCreated {
 			b.Fatal(w.Code, w.Body)
 		}
