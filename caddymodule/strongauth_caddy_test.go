@@ -643,3 +643,48 @@ func TestCaddyDiscoveryAdvertisesStrongClientAuthentication(t *testing.T) {
 		t.Errorf("tls_client_certificate_bound_access_tokens advertised although the upstream does not")
 	}
 }
+
+func TestCaddyStrongAuthConfigErrorsNameTheDirective(t *testing.T) {
+	keys := saNewKeys(t)
+	jwks := "`" + saJWKS(t, keys[jose.ES256]) + "`"
+	up := ctNewUpstream(t, nil)
+	storage := t.TempDir()
+	base := "authorization_endpoint /authorize\n\t\tissuer " + saIssuer + "\n\t\t"
+	client := func(lines ...string) string {
+		return "client c {\n" + strings.Join(lines, "\n") + "\nredirect_uris https://c.example.test/cb\n}\n"
+	}
+	for _, tc := range []struct {
+		name, block string
+		want        []string
+	}{
+		{"two_key_sources", base + client("jwks "+jwks, "jwks_file /nonexistent"), []string{`"c"`, "jwks"}},
+		{"jwks_not_json", base + client("jwks `{not json`"), []string{`"c"`, "jwks"}},
+		{"jwks_file_missing", base + client("jwks_file "+storage+"/missing.json"), []string{`"c"`, "jwks_file"}},
+		{"jwks_uri_plain_http", base + client("jwks_uri http://keys.example.test/jwks"), []string{`"c"`, "jwks_uri"}},
+		{"client_secret_jwt_short_secret", base + client("secret short", "auth_methods client_secret_jwt"), []string{`"c"`, "client_secret_jwt", "32"}},
+		{"private_key_jwt_without_keys", base + client("secret s", "auth_methods private_key_jwt"), []string{`"c"`, "private_key_jwt"}},
+		{"two_tls_names", base + client("tls_client_auth_san_dns a.example.test", "tls_client_auth_san_uri https://a.example.test"), []string{`"c"`, "tls_client_auth"}},
+		{"secret_and_keys_without_auth_methods", base + client("secret s", "jwks "+jwks), []string{`"c"`, "auth_methods"}},
+		{"require_signed_request_object_without_keys", base + client("secret s", "require_signed_request_object"), []string{`"c"`, "require_signed_request_object"}},
+		{"none_algorithm", base + client("jwks "+jwks) + "client_assertion_signing_algs none", []string{"client_assertion_signing_algs", "none"}},
+		{"hmac_algorithm_for_request_objects", base + client("jwks "+jwks) + "request_object_signing_algs HS256", []string{"request_object_signing_algs", "HS256"}},
+		{"clock_skew_60s", base + client("jwks "+jwks) + "clock_skew 60s", []string{"clock_skew"}},
+		{"request_object_lifetime_2h", base + client("jwks "+jwks) + "request_object_max_lifetime 2h", []string{"request_object_max_lifetime"}},
+		{"encryption_unknown_alg", base + client("jwks "+jwks) + "request_object_encryption {\n algs RSA1_5\n }", []string{"request_object_encryption", "RSA1_5"}},
+		{"mtls_endpoint_http", base + client("tls_client_auth_san_dns a.example.test") + "mtls_endpoint http://mtls.example.test/par", []string{"mtls_endpoint"}},
+		{"client_ca_file_missing", base + client("tls_client_auth_san_dns a.example.test") + "client_ca_file " + storage + "/missing.pem", []string{"client_ca_file"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ctAdaptLoad(ctCaddyfile(ctFreePort(t), up.addr(), storage, "", tc.block, ""))
+			if err == nil {
+				_ = caddy.Stop()
+				t.Fatalf("config loaded, want an error naming %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not name %q: %v", w, err)
+				}
+			}
+		})
+	}
+}
