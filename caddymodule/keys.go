@@ -28,16 +28,16 @@ import (
 // size are bounded so that neither parsing nor verification cost is in the
 // hands of the document's author.
 const (
-	defaultJWKSTimeout    = 3 * time.Second
-	defaultJWKSMaxSize    = 256 << 10
-	defaultJWKSMinRefetch = 30 * time.Second
-	defaultJWKSTTL        = time.Hour
-	minJWKSTTL            = time.Minute
-	maxJWKSTTL            = 24 * time.Hour
-	maxJWKSKeys           = 100
-	maxJWKSRedirects      = 3
-	minRSAKeyBits         = 2048 // FAPI 2.0 Security Profile §5.4.1
-	maxRSAKeyBits         = 8192 // verification cost grows with the modulus
+	keySetTimeout      = 3 * time.Second
+	keySetMaxSize      = 256 << 10
+	keySetMinRefetch   = 30 * time.Second
+	keySetTTL          = time.Hour
+	keySetMinTTL       = time.Minute
+	keySetMaxTTL       = 24 * time.Hour
+	keySetMaxKeys      = 100
+	keySetMaxRedirects = 3
+	keySetMinRSABits   = 2048 // FAPI 2.0 Security Profile: RSA keys of at least 2048 bits
+	keySetMaxRSABits   = 8192 // verification cost grows with the modulus
 )
 
 // Key set errors. Callers compare with errors.Is; both map to
@@ -52,13 +52,13 @@ var (
 // (jwks_uri). Each set has its own state and lock, so a slow or failing
 // jwks_uri of one client never delays another client's lookups.
 type keySet struct {
-	static *parsedKeys   // static sets: immutable after construction
+	static *keySetDoc    // static sets: immutable after construction
 	remote *remoteKeySet // remote sets; nil for static ones
 }
 
-// parsedKeys is one parsed JWK Set document. Immutable once built, so it
+// keySetDoc is one parsed JWK Set document. Immutable once built, so it
 // is handed out without copying or locking.
-type parsedKeys struct {
+type keySetDoc struct {
 	// keys holds the public keys usable for signature verification: use,
 	// key_ops and key type have been checked at parse time; the JWK's own
 	// alg is checked per lookup.
@@ -72,10 +72,10 @@ type parsedKeys struct {
 // is an error (config error naming nothing secret), zero usable keys is an
 // error.
 func newStaticKeySet(doc []byte) (*keySet, error) {
-	if len(doc) > defaultJWKSMaxSize {
-		return nil, fmt.Errorf("JWK Set is larger than %d bytes", defaultJWKSMaxSize)
+	if len(doc) > keySetMaxSize {
+		return nil, fmt.Errorf("JWK Set is larger than %d bytes", keySetMaxSize)
 	}
-	p, err := parseKeySet(doc)
+	p, err := parseClientKeySet(doc)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +96,7 @@ func (k *keySet) skipped() int {
 
 // current is the set's parsed document without fetching: nil for a remote
 // set that was never fetched successfully.
-func (k *keySet) current() *parsedKeys {
+func (k *keySet) current() *keySetDoc {
 	if k.remote == nil {
 		return k.static
 	}
@@ -107,7 +107,7 @@ func (k *keySet) current() *parsedKeys {
 
 // keys returns the document to look keys up in. refresh asks a remote set
 // for a fetch because the current document lacks a key (rate limited).
-func (k *keySet) keys(ctx context.Context, refresh bool) (*parsedKeys, error) {
+func (k *keySet) keys(ctx context.Context, refresh bool) (*keySetDoc, error) {
 	if k.remote == nil {
 		return k.static, nil
 	}
@@ -123,8 +123,8 @@ func (k *keySet) keys(ctx context.Context, refresh bool) (*parsedKeys, error) {
 // "verify") are never returned. A JWK's own "alg", when set, must equal alg
 // (RFC 7517 §4.4). Zero keys is an error wrapping errNoMatchingKey.
 func (k *keySet) verificationKeys(ctx context.Context, kid string, alg jose.SignatureAlgorithm) ([]jose.JSONWebKey, error) {
-	if !jwsAlgSupported(alg) {
-		return nil, fmt.Errorf("%w: unsupported signature algorithm %s", errNoMatchingKey, clip(string(alg)))
+	if !keySetAlgSupported(alg) {
+		return nil, fmt.Errorf("%w: unsupported signature algorithm %s", errNoMatchingKey, keySetQuote(string(alg)))
 	}
 	p, err := k.keys(ctx, false)
 	if err != nil {
@@ -132,8 +132,9 @@ func (k *keySet) verificationKeys(ctx context.Context, kid string, alg jose.Sign
 	}
 	out := p.match(kid, alg)
 	if len(out) == 0 && k.remote != nil {
-		// The client may have rotated its keys (RFC 7517 §5 does not
-		// promise stability): look again once, rate limited.
+		// The client may have rotated its keys: an unfamiliar kid is the
+		// signal to fetch the jwks_uri again (OIDC Core §10.1.1), once,
+		// rate limited.
 		if p, err = k.keys(ctx, true); err != nil {
 			return nil, err
 		}
@@ -141,7 +142,7 @@ func (k *keySet) verificationKeys(ctx context.Context, kid string, alg jose.Sign
 	}
 	if len(out) == 0 {
 		if kid != "" {
-			return nil, fmt.Errorf("%w: no key with kid %s usable for %s", errNoMatchingKey, clip(kid), alg)
+			return nil, fmt.Errorf("%w: no key with kid %s usable for %s", errNoMatchingKey, keySetQuote(kid), alg)
 		}
 		return nil, fmt.Errorf("%w: no key usable for %s", errNoMatchingKey, alg)
 	}
@@ -153,7 +154,7 @@ func (k *keySet) verificationKeys(ctx context.Context, kid string, alg jose.Sign
 // than signing do not count: a TLS client proves possession by signing.
 // Remote sets refetch once (rate limited) on a miss.
 func (k *keySet) hasPublicKey(ctx context.Context, pub crypto.PublicKey) (bool, error) {
-	eq, ok := comparablePublicKey(pub)
+	eq, ok := keySetComparable(pub)
 	if !ok {
 		return false, nil
 	}
@@ -173,13 +174,13 @@ func (k *keySet) hasPublicKey(ctx context.Context, pub crypto.PublicKey) (bool, 
 	return p.contains(eq), nil
 }
 
-type equalPublicKey interface {
+type keySetEqualer interface {
 	Equal(crypto.PublicKey) bool
 }
 
-// comparablePublicKey accepts the public key types a set holds, non-nil
+// keySetComparable accepts the public key types a set holds, non-nil
 // (their Equal methods dereference the receiver).
-func comparablePublicKey(pub crypto.PublicKey) (equalPublicKey, bool) {
+func keySetComparable(pub crypto.PublicKey) (keySetEqualer, bool) {
 	switch p := pub.(type) {
 	case *rsa.PublicKey:
 		return p, p != nil && p.N != nil
@@ -191,7 +192,7 @@ func comparablePublicKey(pub crypto.PublicKey) (equalPublicKey, bool) {
 	return nil, false
 }
 
-func (p *parsedKeys) contains(eq equalPublicKey) bool {
+func (p *keySetDoc) contains(eq keySetEqualer) bool {
 	for i := range p.keys {
 		if eq.Equal(p.keys[i].Key) {
 			return true
@@ -200,7 +201,7 @@ func (p *parsedKeys) contains(eq equalPublicKey) bool {
 	return false
 }
 
-func (p *parsedKeys) match(kid string, alg jose.SignatureAlgorithm) []jose.JSONWebKey {
+func (p *keySetDoc) match(kid string, alg jose.SignatureAlgorithm) []jose.JSONWebKey {
 	var out []jose.JSONWebKey
 	for i := range p.keys {
 		key := &p.keys[i]
@@ -210,16 +211,16 @@ func (p *parsedKeys) match(kid string, alg jose.SignatureAlgorithm) []jose.JSONW
 		if key.Algorithm != "" && key.Algorithm != string(alg) {
 			continue
 		}
-		if keyFitsAlg(key.Key, alg) {
+		if keySetKeyFitsAlg(key.Key, alg) {
 			out = append(out, *key)
 		}
 	}
 	return out
 }
 
-// jwsAlgSupported lists the asymmetric JWS algorithms client keys can serve
+// keySetAlgSupported lists the asymmetric JWS algorithms client keys can serve
 // (RFC 7518 §3.1, RFC 8037 §3.1). HMAC and none never use a key set.
-func jwsAlgSupported(alg jose.SignatureAlgorithm) bool {
+func keySetAlgSupported(alg jose.SignatureAlgorithm) bool {
 	switch alg {
 	case jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512,
 		jose.ES256, jose.ES384, jose.ES512, jose.EdDSA:
@@ -228,20 +229,20 @@ func jwsAlgSupported(alg jose.SignatureAlgorithm) bool {
 	return false
 }
 
-// keyFitsAlg: RS*/PS* -> RSA, ES256/384/512 -> EC P-256/384/521 (RFC 7518
+// keySetKeyFitsAlg: RS*/PS* -> RSA, ES256/384/512 -> EC P-256/384/521 (RFC 7518
 // §3.4), EdDSA -> OKP Ed25519 (RFC 8037 §3.1). RSA sizes are checked at
 // parse time.
-func keyFitsAlg(key any, alg jose.SignatureAlgorithm) bool {
+func keySetKeyFitsAlg(key any, alg jose.SignatureAlgorithm) bool {
 	switch alg {
 	case jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512:
 		_, ok := key.(*rsa.PublicKey)
 		return ok
 	case jose.ES256:
-		return ecCurve(key) == elliptic.P256()
+		return keySetCurve(key) == elliptic.P256()
 	case jose.ES384:
-		return ecCurve(key) == elliptic.P384()
+		return keySetCurve(key) == elliptic.P384()
 	case jose.ES512:
-		return ecCurve(key) == elliptic.P521()
+		return keySetCurve(key) == elliptic.P521()
 	case jose.EdDSA:
 		_, ok := key.(ed25519.PublicKey)
 		return ok
@@ -249,41 +250,55 @@ func keyFitsAlg(key any, alg jose.SignatureAlgorithm) bool {
 	return false
 }
 
-func ecCurve(key any) elliptic.Curve {
+func keySetCurve(key any) elliptic.Curve {
 	if k, ok := key.(*ecdsa.PublicKey); ok {
 		return k.Curve
 	}
 	return nil
 }
 
-// jwkMembers are the members go-jose does not expose, read before handing a
-// key to go-jose. Field matching is case-insensitive, as in go-jose's own
-// decoding, so "D" counts as private too.
-type jwkMembers struct {
-	Kid    string          `json:"kid"`
-	Use    string          `json:"use"`
-	KeyOps []string        `json:"key_ops"`
-	D      json.RawMessage `json:"d"`
-	P      json.RawMessage `json:"p"`
-	Q      json.RawMessage `json:"q"`
-	DP     json.RawMessage `json:"dp"`
-	DQ     json.RawMessage `json:"dq"`
-	QI     json.RawMessage `json:"qi"`
-	Oth    json.RawMessage `json:"oth"`
-	K      json.RawMessage `json:"k"` // a symmetric key is a secret
+// clientJWKMembers reads what go-jose does not expose, before the key is
+// handed to it: key_ops, and whether any private member is present.
+type clientJWKMembers struct {
+	kid     string
+	keyOps  []string
+	hasOps  bool
+	private bool
 }
 
-func (m *jwkMembers) private() bool {
-	return m.D != nil || m.P != nil || m.Q != nil || m.DP != nil || m.DQ != nil ||
-		m.QI != nil || m.Oth != nil || m.K != nil
+// privateJWKMembers hold private or symmetric key material (RFC 7518 §6.2.2,
+// §6.3.2, §6.4.1; RFC 8037 §2). They are matched case-insensitively: JSON
+// member names are case-sensitive and go-jose ignores a "D", but a document
+// carrying one is refused all the same.
+var privateJWKMembers = map[string]bool{"d": true, "p": true, "q": true, "dp": true, "dq": true, "qi": true, "oth": true, "k": true}
+
+func readClientJWKMembers(raw json.RawMessage) (clientJWKMembers, error) {
+	var obj map[string]json.RawMessage
+	var m clientJWKMembers
+	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+		return m, errors.New("not a JSON object")
+	}
+	for name := range obj {
+		if privateJWKMembers[strings.ToLower(name)] {
+			m.private = true
+		}
+	}
+	_ = json.Unmarshal(obj["kid"], &m.kid) // for error messages only
+	if ops, ok := obj["key_ops"]; ok {
+		m.hasOps = true
+		if err := json.Unmarshal(ops, &m.keyOps); err != nil {
+			return m, errors.New("key_ops is not an array of strings")
+		}
+	}
+	return m, nil
 }
 
-// parseKeySet parses a JWK Set (RFC 7517 §5) one key at a time: go-jose
+// parseClientKeySet parses a JWK Set (RFC 7517 §5) one key at a time: go-jose
 // rejects a whole set for one key it does not understand, while RFC 7517
 // §5 says such keys SHOULD be ignored. Private or symmetric material is an
 // error for the whole set: it means the client published a secret, and a
 // client's keys are public by definition (RFC 7591 §2 jwks).
-func parseKeySet(doc []byte) (*parsedKeys, error) {
+func parseClientKeySet(doc []byte) (*keySetDoc, error) {
 	var set struct {
 		Keys []json.RawMessage `json:"keys"`
 	}
@@ -293,18 +308,18 @@ func parseKeySet(doc []byte) (*parsedKeys, error) {
 	if set.Keys == nil {
 		return nil, errors.New("JWK Set has no \"keys\" member")
 	}
-	if len(set.Keys) > maxJWKSKeys {
-		return nil, fmt.Errorf("JWK Set has %d keys, at most %d are accepted", len(set.Keys), maxJWKSKeys)
+	if len(set.Keys) > keySetMaxKeys {
+		return nil, fmt.Errorf("JWK Set has %d keys, at most %d are accepted", len(set.Keys), keySetMaxKeys)
 	}
-	p := &parsedKeys{}
+	p := &keySetDoc{}
 	for i, raw := range set.Keys {
-		var m jwkMembers
-		if err := json.Unmarshal(raw, &m); err != nil {
+		m, err := readClientJWKMembers(raw)
+		if m.private {
+			return nil, fmt.Errorf("JWK Set key #%d%s holds private or symmetric key material: publish public keys only", i+1, keySetKidNote(m.kid))
+		}
+		if err != nil {
 			p.skipped++
 			continue
-		}
-		if m.private() {
-			return nil, fmt.Errorf("JWK Set key #%d%s holds private or symmetric key material: publish public keys only", i+1, kidNote(m.Kid))
 		}
 		var jwk jose.JSONWebKey
 		if err := jwk.UnmarshalJSON(raw); err != nil {
@@ -315,15 +330,15 @@ func parseKeySet(doc []byte) (*parsedKeys, error) {
 			continue
 		}
 		if !jwk.IsPublic() {
-			return nil, fmt.Errorf("JWK Set key #%d%s holds private or symmetric key material: publish public keys only", i+1, kidNote(m.Kid))
+			return nil, fmt.Errorf("JWK Set key #%d%s holds private or symmetric key material: publish public keys only", i+1, keySetKidNote(m.kid))
 		}
 		if r, ok := jwk.Key.(*rsa.PublicKey); ok {
-			if bits := r.N.BitLen(); bits < minRSAKeyBits || bits > maxRSAKeyBits {
+			if bits := r.N.BitLen(); bits < keySetMinRSABits || bits > keySetMaxRSABits {
 				p.skipped++
 				continue
 			}
 		}
-		if !forSigning(&jwk, &m) {
+		if !keySetForSigning(&jwk, &m) {
 			p.ignored++
 			continue
 		}
@@ -332,31 +347,31 @@ func parseKeySet(doc []byte) (*parsedKeys, error) {
 	return p, nil
 }
 
-// forSigning: use "sig" or absent (RFC 7517 §4.2), key_ops absent or with
+// keySetForSigning: use "sig" or absent (RFC 7517 §4.2), key_ops absent or with
 // "verify" (§4.3), alg absent or a JWS algorithm that fits the key (§4.4).
-func forSigning(jwk *jose.JSONWebKey, m *jwkMembers) bool {
+func keySetForSigning(jwk *jose.JSONWebKey, m *clientJWKMembers) bool {
 	if jwk.Use != "" && jwk.Use != "sig" {
 		return false
 	}
-	if m.KeyOps != nil && !slices.Contains(m.KeyOps, "verify") {
+	if m.hasOps && !slices.Contains(m.keyOps, "verify") {
 		return false
 	}
-	if a := jose.SignatureAlgorithm(jwk.Algorithm); a != "" && (!jwsAlgSupported(a) || !keyFitsAlg(jwk.Key, a)) {
+	if a := jose.SignatureAlgorithm(jwk.Algorithm); a != "" && (!keySetAlgSupported(a) || !keySetKeyFitsAlg(jwk.Key, a)) {
 		return false
 	}
 	return true
 }
 
-func kidNote(kid string) string {
+func keySetKidNote(kid string) string {
 	if kid == "" {
 		return ""
 	}
-	return " (kid " + clip(kid) + ")"
+	return " (kid " + keySetQuote(kid) + ")"
 }
 
-// clip quotes a value taken from a document or a JWS header for an error
+// keySetQuote quotes a value taken from a document or a JWS header for an error
 // message, bounded in length.
-func clip(s string) string {
+func keySetQuote(s string) string {
 	const max = 64
 	if len(s) > max {
 		s = s[:max] + "..."
@@ -369,7 +384,7 @@ type remoteKeySetOptions struct {
 	Client     *http.Client  // nil: a client with Timeout
 	Timeout    time.Duration // one fetch, default 3s
 	MaxSize    int64         // default 256 KiB
-	MinRefetch time.Duration // rate limit of kid-miss refetches, default 30s
+	MinRefetch time.Duration // rate limit of kid-miss refetches (and of retries after a failure), default 30s
 	// TTL is the cache lifetime when the response gives none; default 1h.
 	// Cache-Control max-age is honoured within [1m, 24h].
 	TTL time.Duration
@@ -384,16 +399,16 @@ type remoteKeySet struct {
 	o      remoteKeySetOptions
 
 	mu          sync.Mutex
-	keys        *parsedKeys // last good document; nil until one was fetched
-	expires     time.Time   // keys are fresh until then
-	lastAttempt time.Time   // start of the last fetch; zero: never fetched
-	lastErr     error       // outcome of the last fetch
-	inflight    *jwksFetch  // the fetch in progress, shared by all waiters
+	keys        *keySetDoc   // last good document; nil until one was fetched
+	expires     time.Time    // keys are fresh until then
+	lastAttempt time.Time    // start of the last fetch; zero: never fetched
+	lastErr     error        // outcome of the last fetch
+	inflight    *keySetFetch // the fetch in progress, shared by all waiters
 }
 
-// jwksFetch is one fetch in progress; done is closed when it has ended
+// keySetFetch is one fetch in progress; done is closed when it has ended
 // and the set's state updated.
-type jwksFetch struct {
+type keySetFetch struct {
 	done chan struct{}
 	err  error
 }
@@ -403,16 +418,16 @@ type jwksFetch struct {
 // network I/O.
 func newRemoteKeySet(uri string, o remoteKeySetOptions) *keySet {
 	if o.Timeout <= 0 {
-		o.Timeout = defaultJWKSTimeout
+		o.Timeout = keySetTimeout
 	}
 	if o.MaxSize <= 0 {
-		o.MaxSize = defaultJWKSMaxSize
+		o.MaxSize = keySetMaxSize
 	}
 	if o.MinRefetch <= 0 {
-		o.MinRefetch = defaultJWKSMinRefetch
+		o.MinRefetch = keySetMinRefetch
 	}
 	if o.TTL <= 0 {
-		o.TTL = defaultJWKSTTL
+		o.TTL = keySetTTL
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -435,7 +450,7 @@ func checkJWKSURI(s string) error {
 	switch {
 	case u.Scheme != "https" && u.Scheme != "http", u.Host == "":
 		return errors.New("jwks_uri must be an absolute https URL")
-	case u.Scheme == "http" && !jwksLoopbackHost(u.Hostname()):
+	case u.Scheme == "http" && !keySetLoopbackHost(u.Hostname()):
 		return errors.New("jwks_uri must use https (http only on a loopback host)")
 	case u.User != nil:
 		return errors.New("jwks_uri must not contain user information")
@@ -445,7 +460,7 @@ func checkJWKSURI(s string) error {
 	return nil
 }
 
-func jwksLoopbackHost(host string) bool {
+func keySetLoopbackHost(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
 	}
@@ -464,15 +479,15 @@ func (r *remoteKeySet) httpClient(base *http.Client) *http.Client {
 		c.Timeout = r.o.Timeout
 	}
 	orig, _ := url.Parse(r.uri)
-	httpOK := orig.Scheme == "http" && jwksLoopbackHost(orig.Hostname())
+	httpOK := orig.Scheme == "http" && keySetLoopbackHost(orig.Hostname())
 	next := c.CheckRedirect
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		if len(via) > maxJWKSRedirects {
+		if len(via) > keySetMaxRedirects {
 			return errors.New("jwks_uri: too many redirects")
 		}
 		switch {
 		case req.URL.Scheme == "https":
-		case req.URL.Scheme == "http" && httpOK && jwksLoopbackHost(req.URL.Hostname()):
+		case req.URL.Scheme == "http" && httpOK && keySetLoopbackHost(req.URL.Hostname()):
 		default:
 			return errors.New("jwks_uri: redirect to a non-https URL refused")
 		}
@@ -490,7 +505,7 @@ func (r *remoteKeySet) httpClient(base *http.Client) *http.Client {
 // sending unknown kids cannot make the gateway hammer its jwks_uri, and an
 // unreachable jwks_uri fails fast between attempts. A failed fetch keeps the
 // previous document.
-func (r *remoteKeySet) get(ctx context.Context, refresh bool) (*parsedKeys, error) {
+func (r *remoteKeySet) get(ctx context.Context, refresh bool) (*keySetDoc, error) {
 	if r.uriErr != nil {
 		return nil, fmt.Errorf("%w: %w", errKeySetUnavailable, r.uriErr)
 	}
@@ -509,10 +524,13 @@ func (r *remoteKeySet) get(ctx context.Context, refresh bool) (*parsedKeys, erro
 			if p != nil {
 				return p, nil
 			}
+			if err == nil {
+				err = errors.New("jwks_uri not fetched yet")
+			}
 			return nil, fmt.Errorf("%w: %w", errKeySetUnavailable, err)
 		}
 		r.lastAttempt = now
-		f = &jwksFetch{done: make(chan struct{})}
+		f = &keySetFetch{done: make(chan struct{})}
 		r.inflight = f
 		// The fetch runs on its own, bounded by Timeout, so that callers
 		// can stop waiting (their ctx, Timeout) without cancelling it for
@@ -543,7 +561,7 @@ func (r *remoteKeySet) get(ctx context.Context, refresh bool) (*parsedKeys, erro
 	return nil, fmt.Errorf("%w: %w", errKeySetUnavailable, waitErr)
 }
 
-func (r *remoteKeySet) fetchInto(f *jwksFetch) {
+func (r *remoteKeySet) fetchInto(f *keySetFetch) {
 	ctx, cancel := context.WithTimeout(context.Background(), r.o.Timeout)
 	defer cancel()
 	p, ttl, err := r.fetch(ctx)
@@ -561,7 +579,7 @@ func (r *remoteKeySet) fetchInto(f *jwksFetch) {
 
 // fetch gets and parses the document. Error messages name the status or
 // the limit, never the body.
-func (r *remoteKeySet) fetch(ctx context.Context) (*parsedKeys, time.Duration, error) {
+func (r *remoteKeySet) fetch(ctx context.Context) (*keySetDoc, time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.uri, nil)
 	if err != nil {
 		return nil, 0, errors.New("jwks_uri: invalid request URL")
@@ -588,25 +606,25 @@ func (r *remoteKeySet) fetch(ctx context.Context) (*parsedKeys, time.Duration, e
 	if int64(len(body)) > r.o.MaxSize {
 		return nil, 0, tooLarge
 	}
-	p, err := parseKeySet(body)
+	p, err := parseClientKeySet(body)
 	if err != nil {
 		return nil, 0, fmt.Errorf("jwks_uri: %w", err)
 	}
-	return p, jwksTTL(resp.Header, r.o.TTL), nil
+	return p, keySetCacheTTL(resp.Header, r.o.TTL), nil
 }
 
-// jwksTTL is the document's cache lifetime: Cache-Control max-age (RFC 9111
+// keySetCacheTTL is the document's cache lifetime: Cache-Control max-age (RFC 9111
 // §5.2.2.1) clamped to [1m, 24h], no-store/no-cache as the minimum, or def.
 // The floor keeps a zero max-age from turning every lookup into a fetch;
 // unknown kids refetch sooner anyway.
-func jwksTTL(h http.Header, def time.Duration) time.Duration {
+func keySetCacheTTL(h http.Header, def time.Duration) time.Duration {
 	ttl, found := def, false
 	for _, line := range h.Values("Cache-Control") {
 		for _, d := range strings.Split(line, ",") {
 			name, val, _ := strings.Cut(strings.TrimSpace(d), "=")
 			switch strings.ToLower(strings.TrimSpace(name)) {
 			case "no-store", "no-cache":
-				return minJWKSTTL
+				return keySetMinTTL
 			case "max-age":
 				if found {
 					continue // the first one counts (RFC 9111 §4.2.1)
@@ -616,8 +634,8 @@ func jwksTTL(h http.Header, def time.Duration) time.Duration {
 					continue
 				}
 				found = true
-				if secs > int64(maxJWKSTTL/time.Second) {
-					ttl = maxJWKSTTL
+				if secs > int64(keySetMaxTTL/time.Second) {
+					ttl = keySetMaxTTL
 				} else {
 					ttl = time.Duration(secs) * time.Second
 				}
@@ -625,7 +643,7 @@ func jwksTTL(h http.Header, def time.Duration) time.Duration {
 		}
 	}
 	if found {
-		ttl = min(max(ttl, minJWKSTTL), maxJWKSTTL)
+		ttl = min(max(ttl, keySetMinTTL), keySetMaxTTL)
 	}
 	return ttl
 }
