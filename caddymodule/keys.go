@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -450,7 +449,7 @@ func checkJWKSURI(s string) error {
 	switch {
 	case u.Scheme != "https" && u.Scheme != "http", u.Host == "":
 		return errors.New("jwks_uri must be an absolute https URL")
-	case u.Scheme == "http" && !keySetLoopbackHost(u.Hostname()):
+	case u.Scheme == "http" && !isLoopbackHost(u.Hostname()):
 		return errors.New("jwks_uri must use https (http only on a loopback host)")
 	case u.User != nil:
 		return errors.New("jwks_uri must not contain user information")
@@ -460,13 +459,6 @@ func checkJWKSURI(s string) error {
 	return nil
 }
 
-func keySetLoopbackHost(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
 
 // httpClient copies base (never mutating a shared client) with a redirect
 // policy that keeps the fetch on https: a redirect to plain http is
@@ -479,7 +471,7 @@ func (r *remoteKeySet) httpClient(base *http.Client) *http.Client {
 		c.Timeout = r.o.Timeout
 	}
 	orig, _ := url.Parse(r.uri)
-	httpOK := orig.Scheme == "http" && keySetLoopbackHost(orig.Hostname())
+	httpOK := orig.Scheme == "http" && isLoopbackHost(orig.Hostname())
 	next := c.CheckRedirect
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
 		if len(via) > keySetMaxRedirects {
@@ -487,7 +479,7 @@ func (r *remoteKeySet) httpClient(base *http.Client) *http.Client {
 		}
 		switch {
 		case req.URL.Scheme == "https":
-		case req.URL.Scheme == "http" && httpOK && keySetLoopbackHost(req.URL.Hostname()):
+		case req.URL.Scheme == "http" && httpOK && isLoopbackHost(req.URL.Hostname()):
 		default:
 			return errors.New("jwks_uri: redirect to a non-https URL refused")
 		}
