@@ -459,7 +459,6 @@ func checkJWKSURI(s string) error {
 	return nil
 }
 
-
 // httpClient copies base (never mutating a shared client) with a redirect
 // policy that keeps the fetch on https: a redirect to plain http is
 // followed only from an http loopback URL to another one.
