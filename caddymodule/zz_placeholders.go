@@ -4,12 +4,10 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"net/url"
 	"time"
 
-	"github.com/caddyserver/certmagic"
 	"github.com/go-jose/go-jose/v4"
 )
 
@@ -54,24 +52,6 @@ type dpopPolicy struct {
 
 func verifyDPoPProof(proof, method string, wantHTU []string, p dpopPolicy) (string, string, time.Time, error) {
 	return "", "", time.Time{}, errPlaceholder
-}
-
-type serverKeys struct{}
-
-func newServerKeysFromFile(path string, algs []jose.KeyAlgorithm, encs []jose.ContentEncryption) (*serverKeys, error) {
-	return &serverKeys{}, nil
-}
-func loadOrCreateServerKeys(ctx context.Context, st certmagic.Storage, storageKey string, algs []jose.KeyAlgorithm, encs []jose.ContentEncryption) (*serverKeys, error) {
-	return &serverKeys{}, nil
-}
-func (s *serverKeys) decrypt(compact string) ([]byte, error) { return nil, errPlaceholder }
-func (s *serverKeys) publicJWKS() []byte                     { return []byte(`{"keys":[]}`) }
-
-type tlsClientAuthName struct{ Kind, Value string }
-
-func matchTLSClientAuth(cert *x509.Certificate, n tlsClientAuthName) bool { return false }
-func verifyClientChain(certs []*x509.Certificate, pool *x509.CertPool, now time.Time) error {
-	return errPlaceholder
 }
 
 var hmacAlgs = []jose.SignatureAlgorithm{jose.HS256, jose.HS384, jose.HS512}
