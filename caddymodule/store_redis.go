@@ -510,6 +510,7 @@ func newRedisBackend(cfg redisConfig, logger *zap.Logger) (*redisBackend, error)
 		}
 		b.rings = append(b.rings, r)
 	}
+	quietRedisLogs()
 	b.client = redis.NewClient(opt)
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
@@ -691,6 +692,26 @@ func ceilMillis(d time.Duration) int64 {
 }
 
 // ---- outage logging ----
+
+var quietOnce sync.Once
+
+// quietRedisLogs sends go-redis's own log lines (one per failed dial, to
+// stderr by default: per request during an outage) to Caddy's log at
+// DEBUG; redisHealth reports outages instead. go-redis has one logger per
+// process, so this applies to every go-redis user in this Caddy.
+func quietRedisLogs() {
+	quietOnce.Do(func() {
+		redis.SetLogger(goRedisLogger{caddy.Log().Named("go-redis")})
+	})
+}
+
+type goRedisLogger struct{ l *zap.Logger }
+
+func (g goRedisLogger) Printf(_ context.Context, format string, v ...any) {
+	if ce := g.l.Check(zap.DebugLevel, "go-redis"); ce != nil {
+		ce.Write(zap.String("detail", fmt.Sprintf(format, v...)))
+	}
+}
 
 // redisHealth logs an outage once when it starts, again at most every
 // `every` while it lasts (with the number of failed operations), and once

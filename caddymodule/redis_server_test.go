@@ -1,0 +1,153 @@
+package caddymodule
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestRedis is a redis-server started by a test on a free 127.0.0.1 port,
+// with a throwaway directory and no persistence (--save '' --appendonly
+// no): a Restart therefore starts empty. It is stopped at the end of the
+// test. Exported for the in-process Caddy tests (package caddymodule_test).
+type TestRedis struct {
+	t    testing.TB
+	Addr string
+	Port int
+	dir  string
+	cmd  *exec.Cmd
+	args []string
+}
+
+// StartTestRedis starts redis-server. Without redis-server the test is
+// skipped, unless CADDY_PAR_REQUIRE_REDIS is set (integration/test.sh sets
+// it), so CI never silently skips the Redis tests. Extra args are passed on
+// (e.g. "--maxmemory-policy", "allkeys-lru").
+func StartTestRedis(t testing.TB, extra ...string) *TestRedis {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CADDY_PAR_REQUIRE_REDIS") != "" {
+			t.Fatal("redis-server is not installed but CADDY_PAR_REQUIRE_REDIS is set: run integration/scripts/ensure-redis.sh (apt-get install redis-server)")
+		}
+		t.Skip("redis-server is not installed: skipping the Redis store tests (integration/scripts/ensure-redis.sh installs it; set CADDY_PAR_REQUIRE_REDIS=1 to make this a failure)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	r := &TestRedis{t: t, Port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), dir: t.TempDir()}
+	r.args = append([]string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", r.dir,
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
+		"--logfile", filepath.Join(r.dir, "redis.log")}, extra...)
+	r.start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+func (r *TestRedis) start() {
+	r.t.Helper()
+	r.cmd = exec.Command(r.args[0], r.args[1:]...)
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatalf("starting redis-server: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if out, err := r.CLI("PING"); err == nil && strings.TrimSpace(out) == "PONG" {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
+			r.t.Fatalf("redis-server on %s not ready after 10s; log:\n%s", r.Addr, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop kills redis-server (SIGKILL: an abrupt outage) and waits for it.
+func (r *TestRedis) Stop() {
+	if r.cmd == nil {
+		return
+	}
+	_ = r.cmd.Process.Signal(syscall.SIGCONT)
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+// Restart starts redis-server again on the same port, empty.
+func (r *TestRedis) Restart() { r.t.Helper(); r.Stop(); r.start() }
+
+// Pause freezes redis-server (SIGSTOP): connections are accepted by the
+// kernel but nothing answers, which is what a slow or hung Redis looks like.
+func (r *TestRedis) Pause() { _ = r.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume undoes Pause.
+func (r *TestRedis) Resume() { _ = r.cmd.Process.Signal(syscall.SIGCONT) }
+
+// CLI runs redis-cli against the server and returns its output.
+func (r *TestRedis) CLI(args ...string) (string, error) {
+	cmd := exec.Command("redis-cli", append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(r.Port)}, args...)...)
+	out, err := cmd.Output()
+	return string(out), err
+}
+
+// MustCLI is CLI failing the test on error.
+func (r *TestRedis) MustCLI(args ...string) string {
+	r.t.Helper()
+	out, err := r.CLI(args...)
+	if err != nil {
+		r.t.Fatalf("redis-cli %v: %v", args, err)
+	}
+	return out
+}
+
+// CommandCalls is INFO commandstats as command -> calls.
+func (r *TestRedis) CommandCalls() map[string]int {
+	r.t.Helper()
+	out := r.MustCLI("INFO", "commandstats")
+	calls := map[string]int{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+				n, _ := strconv.Atoi(v)
+				calls[strings.TrimPrefix(name, "cmdstat_")] = n
+			}
+		}
+	}
+	return calls
+}
+
+// CallsSince is the per-command difference of two CommandCalls (commands
+// issued by redis-cli itself, INFO, excluded).
+func CallsSince(before, after map[string]int) map[string]int {
+	d := map[string]int{}
+	for k, v := range after {
+		if k == "info" {
+			continue
+		}
+		if n := v - before[k]; n != 0 {
+			d[k] = n
+		}
+	}
+	return d
+}
+
+func (r *TestRedis) String() string { return fmt.Sprintf("redis-server %s", r.Addr) }
