@@ -15,7 +15,7 @@ import (
 )
 
 // TestRedis is a redis-server started by a test on a free 127.0.0.1 port,
-// with a throwaway directory and no persistence (--save ” --appendonly
+// with a throwaway directory and no persistence (--save "" --appendonly
 // no): a Restart therefore starts empty. It is stopped at the end of the
 // test. Exported for the in-process Caddy tests (package caddymodule_test).
 type TestRedis struct {
