@@ -585,3 +585,27 @@ func mustRing(t *testing.T, k []byte) keyring {
 	}
 	return r
 }
+
+// BenchmarkRedisStorePut is one push's store work against a local
+// redis-server (encryption on), for profiling the client side.
+func BenchmarkRedisStorePut(b *testing.B) {
+	r := StartTestRedis(b)
+	core, _ := observer.New(zapcore.InfoLevel)
+	s, err := newRedisBackend(redisConfig{Address: r.Addr, KeyPrefix: "bench:", DialTimeout: DefaultRedisDialTimeout, ReadTimeout: DefaultRedisReadTimeout, PoolSize: 16, Keys: [][]byte{testKey(1)}}, zap.New(core))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Destruct()
+	req := testPushed("web-app", time.Minute)
+	req.Params = strings.Repeat("x", 560)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			ref, _ := newRef()
+			if err := s.Put(ctx, ref, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
