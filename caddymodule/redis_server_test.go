@@ -2,7 +2,14 @@ package caddymodule
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -25,6 +32,10 @@ type TestRedis struct {
 	dir  string
 	cmd  *exec.Cmd
 	args []string
+	// cliArgs are redis-cli's connection options (TLS).
+	cliArgs []string
+	// CAFile is the CA of a TLS server (StartTestRedisTLS).
+	CAFile string
 }
 
 // StartTestRedis starts redis-server. Without redis-server the test is
@@ -32,6 +43,32 @@ type TestRedis struct {
 // it), so CI never silently skips the Redis tests. Extra args are passed on
 // (e.g. "--maxmemory-policy", "allkeys-lru").
 func StartTestRedis(t testing.TB, extra ...string) *TestRedis {
+	t.Helper()
+	r := newTestRedis(t)
+	r.args = append(r.args, "--port", strconv.Itoa(r.Port))
+	r.args = append(r.args, extra...)
+	r.start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// StartTestRedisTLS is StartTestRedis with TLS only (no plaintext port), a
+// server certificate for 127.0.0.1 and "localhost" from a fresh CA in
+// CAFile, and no client certificates.
+func StartTestRedisTLS(t testing.TB) *TestRedis {
+	t.Helper()
+	r := newTestRedis(t)
+	cert, key, ca := writeTestCerts(t, r.dir)
+	r.CAFile = ca
+	r.args = append(r.args, "--port", "0", "--tls-port", strconv.Itoa(r.Port), "--tls-cert-file", cert,
+		"--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no")
+	r.cliArgs = []string{"--tls", "--cacert", ca}
+	r.start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+func newTestRedis(t testing.TB) *TestRedis {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -47,11 +84,9 @@ func StartTestRedis(t testing.TB, extra ...string) *TestRedis {
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	r := &TestRedis{t: t, Port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), dir: t.TempDir()}
-	r.args = append([]string{bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", r.dir,
+	r.args = []string{bin, "--bind", "127.0.0.1", "--dir", r.dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes",
-		"--logfile", filepath.Join(r.dir, "redis.log")}, extra...)
-	r.start()
-	t.Cleanup(r.Stop)
+		"--logfile", filepath.Join(r.dir, "redis.log")}
 	return r
 }
 
@@ -98,7 +133,8 @@ func (r *TestRedis) Resume() { _ = r.cmd.Process.Signal(syscall.SIGCONT) }
 
 // CLI runs redis-cli against the server and returns its output.
 func (r *TestRedis) CLI(args ...string) (string, error) {
-	cmd := exec.Command("redis-cli", append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(r.Port)}, args...)...)
+	base := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(r.Port)}, r.cliArgs...)
+	cmd := exec.Command("redis-cli", append(base, args...)...)
 	out, err := cmd.Output()
 	return string(out), err
 }
@@ -151,3 +187,36 @@ func CallsSince(before, after map[string]int) map[string]int {
 }
 
 func (r *TestRedis) String() string { return fmt.Sprintf("redis-server %s", r.Addr) }
+
+// writeTestCerts writes a CA and a server certificate for 127.0.0.1 and
+// localhost into dir, and returns the server cert, key and CA paths.
+func writeTestCerts(t testing.TB, dir string) (cert, key, ca string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "caddy-par test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "redis"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalPKCS8PrivateKey(srvKey)
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	return write("server.crt", "CERTIFICATE", srvDER), write("server.key", "PRIVATE KEY", kb), write("ca.crt", "CERTIFICATE", caDER)
+}

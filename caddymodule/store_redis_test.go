@@ -609,3 +609,82 @@ func BenchmarkRedisStorePut(b *testing.B) {
 		}
 	})
 }
+
+func TestRedisStoreTLS(t *testing.T) {
+	r := StartTestRedisTLS(t)
+	ctx := t.Context()
+	ok, _ := newTestRedisBackend(t, r, func(c *redisConfig) { c.TLS, c.TLSCAFile = true, r.CAFile })
+	key := testRef(t)
+	if err := ok.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
+		t.Fatalf("put over TLS: %v", err)
+	}
+	if _, err := ok.Take(ctx, key, "web-app"); err != nil {
+		t.Fatalf("take over TLS: %v", err)
+	}
+	// An unverifiable server (system roots, no CA) and a plaintext client
+	// both fail, as outages.
+	for name, o := range map[string]redisTestOpt{
+		"untrusted CA": func(c *redisConfig) { c.TLS = true },
+		"wrong name":   func(c *redisConfig) { c.TLS, c.TLSCAFile, c.TLSServerName = true, r.CAFile, "redis.example" },
+		"plaintext":    func(c *redisConfig) {},
+	} {
+		bad, _ := newTestRedisBackend(t, r, o)
+		if err := bad.Put(ctx, testRef(t), testPushed("web-app", time.Minute)); !errors.Is(err, ErrStoreUnavailable) {
+			t.Errorf("%s: %v, want ErrStoreUnavailable", name, err)
+		}
+	}
+}
+
+// TestRedisStoreLeastPrivilegeACL: the ACL the README recommends is enough
+// (db 0, no old keys; then with old keys and db 1), and nothing else is
+// needed: ACL LOG stays empty.
+func TestRedisStoreLeastPrivilegeACL(t *testing.T) {
+	r := StartTestRedis(t)
+	r.MustCLI("ACL", "SETUSER", "par-gateway", "on", ">gw-pass", "resetkeys", "~test:*", "resetchannels", "-@all",
+		"+set", "+get", "+del", "+exists", "+evalsha", "+eval", "+select", "+config|get")
+	r.MustCLI("ACL", "SETUSER", "test-admin", "on", ">admin-pass", "~*", "&*", "+@all")
+	r.MustCLI("ACL", "SETUSER", "default", "off")
+	r.cliArgs = []string{"--user", "test-admin", "--pass", "admin-pass", "--no-auth-warning"}
+	ctx := t.Context()
+	for _, o := range []redisTestOpt{
+		func(c *redisConfig) { c.Username, c.Password = "par-gateway", "gw-pass" },
+		func(c *redisConfig) {
+			c.Username, c.Password, c.DB, c.Keys = "par-gateway", "gw-pass", 1, [][]byte{testKey(5), testKey(6)}
+		},
+	} {
+		s, logs := newTestRedisBackend(t, r, o)
+		key := testRef(t)
+		if err := s.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Take(ctx, key, "evil"); !errors.Is(err, ErrClientMismatch) {
+			t.Fatal(err)
+		}
+		if _, err := s.Take(ctx, key, "web-app"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Claim(ctx, "jti/acl", time.Now().Add(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Claim(ctx, "jti/acl", time.Now().Add(time.Minute)); !errors.Is(err, ErrReplay) {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // the background CONFIG GET
+		if n := logs.FilterMessageSnippet("cannot check").Len(); n != 0 {
+			t.Errorf("CONFIG GET refused: %v", logs.All())
+		}
+	}
+	if out := r.MustCLI("ACL", "LOG"); strings.TrimSpace(out) != "" {
+		t.Fatalf("ACL denials:\n%s", out)
+	}
+	// A wrong password is an outage, and the password is not in the log.
+	s, logs := newTestRedisBackend(t, r, func(c *redisConfig) { c.Username, c.Password = "par-gateway", "not-the-pass-xyz" })
+	if err := s.Put(ctx, testRef(t), testPushed("web-app", time.Minute)); !errors.Is(err, ErrStoreUnavailable) || strings.Contains(err.Error(), "not-the-pass-xyz") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	for _, e := range logs.All() {
+		if strings.Contains(fmt.Sprint(e.Context), "not-the-pass-xyz") || strings.Contains(e.Message, "not-the-pass-xyz") {
+			t.Fatalf("password in the log: %+v", e)
+		}
+	}
+}
