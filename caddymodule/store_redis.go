@@ -135,6 +135,7 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("store redis: %w", err)
 	}
 	s.backend = v.(*redisBackend)
+	s.backend.health.setLogger(logger)
 	return nil
 }
 
@@ -497,7 +498,7 @@ func newRedisBackend(cfg redisConfig, logger *zap.Logger) (*redisBackend, error)
 		// its read. A slow Redis cannot hold a request longer.
 		timeout: cfg.DialTimeout + 2*cfg.ReadTimeout,
 		now:     time.Now,
-		health:  &redisHealth{logger: logger.With(zap.String("store", "redis"), zap.String("address", cfg.Address)), every: redisOutageLogEvery},
+		health:  &redisHealth{address: cfg.Address, every: redisOutageLogEvery},
 	}
 	if len(cfg.Keys) == 0 {
 		r, _ := newKeyring(nil)
@@ -511,6 +512,7 @@ func newRedisBackend(cfg redisConfig, logger *zap.Logger) (*redisBackend, error)
 		b.rings = append(b.rings, r)
 	}
 	quietRedisLogs()
+	b.health.setLogger(logger)
 	b.client = redis.NewClient(opt)
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
@@ -542,13 +544,13 @@ func (b *redisBackend) checkEvictionPolicy(ctx context.Context) {
 			var rerr redis.Error
 			if errors.As(err, &rerr) {
 				// NOPERM, unknown command: the server answered; do not ask again.
-				b.health.logger.Debug("cannot check maxmemory-policy (make sure it is noeviction)", zap.String("reply", rerr.Error()))
+				b.health.log().Debug("cannot check maxmemory-policy (make sure it is noeviction)", zap.String("reply", rerr.Error()))
 				return
 			}
 			continue // not reachable yet: try again a little later
 		}
 		if p := res["maxmemory-policy"]; p != "" && p != "noeviction" {
-			b.health.logger.Warn("Redis maxmemory-policy is not noeviction: when Redis is full it may evict pushed requests before they expire, so a request_uri answered with 201 can fail; set maxmemory-policy noeviction",
+			b.health.log().Warn("Redis maxmemory-policy is not noeviction: when Redis is full it may evict pushed requests before they expire, so a request_uri answered with 201 can fail; set maxmemory-policy noeviction",
 				zap.String("maxmemory_policy", p))
 		}
 		return
@@ -634,7 +636,7 @@ func (b *redisBackend) Take(ctx context.Context, key, clientID string) (PushedRe
 				if err != nil {
 					// Already deleted; only tampering or a foreign writer
 					// gets here. Report it as unusable, not as an outage.
-					b.health.logger.Warn("a pushed request read from Redis could not be opened (tampered, or written by something else); refused")
+					b.health.log().Warn("a pushed request read from Redis could not be opened (tampered, or written by something else); refused")
 					return PushedRequest{}, fmt.Errorf("%w: %v", ErrNotFound, err)
 				}
 				// The authenticated body is authoritative.
@@ -718,8 +720,11 @@ func (g goRedisLogger) Printf(_ context.Context, format string, v ...any) {
 // when Redis answers again. Never keys, values or passwords: go-redis
 // errors name the address and the failure only.
 type redisHealth struct {
-	logger *zap.Logger
-	every  time.Duration
+	address string
+	every   time.Duration
+	// logger is the most recently provisioned config's: a reload may
+	// change where logs go, and the old config's writers close with it.
+	logger atomic.Pointer[zap.Logger]
 
 	// down is read without the lock on every success (the hot path).
 	down     atomic.Bool
@@ -729,6 +734,12 @@ type redisHealth struct {
 	failures int64
 }
 
+func (h *redisHealth) setLogger(l *zap.Logger) {
+	h.logger.Store(l.With(zap.String("store", "redis"), zap.String("address", h.address)))
+}
+
+func (h *redisHealth) log() *zap.Logger { return h.logger.Load() }
+
 func (h *redisHealth) fail(err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -737,12 +748,12 @@ func (h *redisHealth) fail(err error) {
 	if !h.down.Load() {
 		h.down.Store(true)
 		h.since, h.lastLog = now, now
-		h.logger.Error("Redis store unavailable: pushes get 503 and redemptions an error page until it is back", zap.Error(err))
+		h.log().Error("Redis store unavailable: pushes get 503 and redemptions an error page until it is back", zap.Error(err))
 		return
 	}
 	if now.Sub(h.lastLog) >= h.every {
 		h.lastLog = now
-		h.logger.Error("Redis store still unavailable", zap.Duration("for", now.Sub(h.since).Round(time.Millisecond)),
+		h.log().Error("Redis store still unavailable", zap.Duration("for", now.Sub(h.since).Round(time.Millisecond)),
 			zap.Int64("failed_operations", h.failures), zap.Error(err))
 	}
 }
@@ -756,7 +767,7 @@ func (h *redisHealth) ok() {
 	if !h.down.Load() {
 		return
 	}
-	h.logger.Info("Redis store available again", zap.Duration("outage", time.Since(h.since).Round(time.Millisecond)),
+	h.log().Info("Redis store available again", zap.Duration("outage", time.Since(h.since).Round(time.Millisecond)),
 		zap.Int64("failed_operations", h.failures))
 	h.down.Store(false)
 	h.failures = 0
