@@ -52,7 +52,15 @@ func TestCaddyRedisStoreCaddyfileAdapts(t *testing.T) {
 	if !bytes.Contains(cfg, []byte(want)) {
 		t.Fatalf("adapted JSON lacks\n%s\ngot\n%s", want, cfg)
 	}
-	for _, bad := range []string{"bogus 1", "db x", "read_timeout -1s", "address", "tls yes", "old_encryption_keys"} {
+	sentinel := strings.Replace(cf, "address 10.0.0.5:6380", "sentinel parmaster 10.0.0.7:26379 10.0.0.8:26379\n\t\t\tsentinel_password {env.SENTINEL_PASSWORD}", 1)
+	cfg, _, err = caddyconfig.GetAdapter("caddyfile").Adapt([]byte(sentinel), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `"sentinel_addresses":["10.0.0.7:26379","10.0.0.8:26379"],"sentinel_master":"parmaster","sentinel_password":"{env.SENTINEL_PASSWORD}"`; !bytes.Contains(cfg, []byte(want)) {
+		t.Fatalf("adapted JSON lacks %s:\n%s", want, cfg)
+	}
+	for _, bad := range []string{"bogus 1", "db x", "read_timeout -1s", "address", "tls yes", "old_encryption_keys", "sentinel onlyname"} {
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(strings.Replace(cf, "db 2", bad, 1)), map[string]any{"filename": "Caddyfile"})
 		if err == nil || !strings.Contains(err.Error(), "store redis") && !strings.Contains(err.Error(), "argument") && !strings.Contains(err.Error(), "missing") {
 			t.Errorf("%q: want an error naming the subdirective, got %v", bad, err)

@@ -220,3 +220,30 @@ func writeTestCerts(t testing.TB, dir string) (cert, key, ca string) {
 	}
 	return write("server.crt", "CERTIFICATE", srvDER), write("server.key", "PRIVATE KEY", kb), write("ca.crt", "CERTIFICATE", caDER)
 }
+
+// StartTestSentinel starts a Redis Sentinel on a free port monitoring the
+// primary master (quorum 1, down after 1s), and waits until it knows it.
+func StartTestSentinel(t testing.TB, name string, master *TestRedis) *TestRedis {
+	t.Helper()
+	r := newTestRedis(t)
+	conf := filepath.Join(r.dir, "sentinel.conf")
+	text := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\nsentinel monitor %s 127.0.0.1 %d 1\nsentinel down-after-milliseconds %s 1000\nsentinel failover-timeout %s 3000\n",
+		r.Port, r.dir, filepath.Join(r.dir, "redis.log"), name, master.Port, name, name)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.args = []string{r.args[0], conf, "--sentinel"}
+	r.start()
+	t.Cleanup(r.Stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		out, err := r.CLI("SENTINEL", "get-master-addr-by-name", name)
+		if err == nil && strings.Contains(out, strconv.Itoa(master.Port)) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sentinel does not know %s: %q %v", name, out, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -54,8 +54,18 @@ const (
 // key, never the request_uri reference itself. With EncryptionKey, values are
 // sealed with AES-256-GCM, the Redis key as additional data.
 type RedisStore struct {
-	// Address is host:port of the Redis server. Default: 127.0.0.1:6379.
+	// Address is host:port of the Redis server (the primary). Default:
+	// 127.0.0.1:6379, unless SentinelMaster is set.
 	Address string `json:"address,omitempty"`
+	// SentinelMaster, with SentinelAddresses, finds the primary through
+	// Redis Sentinel (and follows failovers) instead of Address.
+	SentinelMaster string `json:"sentinel_master,omitempty"`
+	// SentinelAddresses are host:port of the Sentinels.
+	SentinelAddresses []string `json:"sentinel_addresses,omitempty"`
+	// SentinelUsername and SentinelPassword authenticate to the Sentinels
+	// ({env.*}/{file.*} expanded).
+	SentinelUsername string `json:"sentinel_username,omitempty"`
+	SentinelPassword string `json:"sentinel_password,omitempty"`
 	// Username for Redis ACL authentication (AUTH username password).
 	Username string `json:"username,omitempty"`
 	// Password; {env.*} and {file.*} are expanded at provision.
@@ -107,6 +117,10 @@ var redisPool = caddy.NewUsagePool()
 // client. Its hash is the pool key; it is never logged.
 type redisConfig struct {
 	Address, Username, Password string
+	SentinelMaster              string
+	SentinelAddresses           []string
+	SentinelUsername            string
+	SentinelPassword            string
 	DB                          int
 	TLS                         bool
 	TLSCAFile, TLSServerName    string
@@ -172,11 +186,36 @@ func (s *RedisStore) config() (redisConfig, error) {
 	if cfg.Password, err = expand("password", s.Password); err != nil {
 		return cfg, err
 	}
-	if cfg.Address == "" {
-		cfg.Address = "127.0.0.1:6379"
+	cfg.SentinelMaster = s.SentinelMaster
+	if cfg.SentinelUsername, err = expand("sentinel_username", s.SentinelUsername); err != nil {
+		return cfg, err
 	}
-	if _, _, err := net.SplitHostPort(cfg.Address); err != nil {
-		return cfg, fmt.Errorf("address: %q is not host:port", cfg.Address)
+	if cfg.SentinelPassword, err = expand("sentinel_password", s.SentinelPassword); err != nil {
+		return cfg, err
+	}
+	for _, a := range s.SentinelAddresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return cfg, fmt.Errorf("sentinel: %q is not host:port", a)
+		}
+		cfg.SentinelAddresses = append(cfg.SentinelAddresses, a)
+	}
+	switch {
+	case cfg.SentinelMaster != "":
+		if len(cfg.SentinelAddresses) == 0 {
+			return cfg, fmt.Errorf("sentinel: needs at least one Sentinel address")
+		}
+		if cfg.Address != "" {
+			return cfg, fmt.Errorf("address and sentinel are exclusive: with Sentinel the primary's address comes from the Sentinels")
+		}
+	case len(cfg.SentinelAddresses) > 0 || cfg.SentinelUsername != "" || cfg.SentinelPassword != "":
+		return cfg, fmt.Errorf("sentinel: the master name is missing")
+	default:
+		if cfg.Address == "" {
+			cfg.Address = "127.0.0.1:6379"
+		}
+		if _, _, err := net.SplitHostPort(cfg.Address); err != nil {
+			return cfg, fmt.Errorf("address: %q is not host:port", cfg.Address)
+		}
 	}
 	if cfg.DB < 0 {
 		return cfg, fmt.Errorf("db: must not be negative")
@@ -474,7 +513,7 @@ func newRedisBackend(cfg redisConfig, logger *zap.Logger) (*redisBackend, error)
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	if cfg.TLS {
-		host, _, _ := net.SplitHostPort(cfg.Address)
+		host, _, _ := net.SplitHostPort(cfg.Address) // with Sentinel: set tls_server_name
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
 		if cfg.TLSServerName != "" {
 			tc.ServerName = cfg.TLSServerName
@@ -500,6 +539,9 @@ func newRedisBackend(cfg redisConfig, logger *zap.Logger) (*redisBackend, error)
 		now:     time.Now,
 		health:  &redisHealth{address: cfg.Address, every: redisOutageLogEvery},
 	}
+	if cfg.SentinelMaster != "" {
+		b.health.address = "sentinel:" + cfg.SentinelMaster
+	}
 	if len(cfg.Keys) == 0 {
 		r, _ := newKeyring(nil)
 		b.rings = []keyring{r}
@@ -513,7 +555,23 @@ func newRedisBackend(cfg redisConfig, logger *zap.Logger) (*redisBackend, error)
 	}
 	quietRedisLogs()
 	b.health.setLogger(logger)
-	b.client = redis.NewClient(opt)
+	if cfg.SentinelMaster == "" {
+		b.client = redis.NewClient(opt)
+	} else {
+		// The same client type and code path, with the primary's address
+		// from the Sentinels; commands go to the primary only (no
+		// ReplicaOnly, RouteByLatency or RouteRandomly).
+		b.client = redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: cfg.SentinelMaster, SentinelAddrs: cfg.SentinelAddresses,
+			SentinelUsername: cfg.SentinelUsername, SentinelPassword: cfg.SentinelPassword,
+			Username: opt.Username, Password: opt.Password, DB: opt.DB,
+			DialTimeout: opt.DialTimeout, ReadTimeout: opt.ReadTimeout, WriteTimeout: opt.WriteTimeout,
+			PoolTimeout: opt.PoolTimeout, PoolSize: opt.PoolSize, MaxActiveConns: opt.MaxActiveConns,
+			MaxRetries: opt.MaxRetries, DialerRetries: opt.DialerRetries,
+			ContextTimeoutEnabled: opt.ContextTimeoutEnabled, DisableIdentity: opt.DisableIdentity,
+			TLSConfig: opt.TLSConfig,
+		})
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	go b.checkEvictionPolicy(ctx)

@@ -13,6 +13,9 @@ import (
 //
 //	store redis {
 //		address             <host:port>
+//		sentinel            <master name> <host:port>...
+//		sentinel_username   <name>
+//		sentinel_password   <secret>
 //		username            <name>
 //		password            <secret>
 //		db                  <n>
@@ -43,6 +46,20 @@ func unmarshalRedisStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
 			}
 		case "password":
 			if err := oneArg(d, &rs.Password); err != nil {
+				return nil, err
+			}
+		case "sentinel":
+			args := d.RemainingArgs()
+			if len(args) < 2 {
+				return nil, d.Errf("store redis: sentinel: want <master name> <host:port>...")
+			}
+			rs.SentinelMaster, rs.SentinelAddresses = args[0], append(rs.SentinelAddresses, args[1:]...)
+		case "sentinel_username":
+			if err := oneArg(d, &rs.SentinelUsername); err != nil {
+				return nil, err
+			}
+		case "sentinel_password":
+			if err := oneArg(d, &rs.SentinelPassword); err != nil {
 				return nil, err
 			}
 		case "tls_ca_file":

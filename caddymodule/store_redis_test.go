@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -569,6 +570,10 @@ func TestRedisStoreProvision(t *testing.T) {
 		{OldEncryptionKeys: []string{base64.StdEncoding.EncodeToString(testKey(1))}},
 		{EncryptionKey: "{env.CADDY_PAR_TEST_UNSET_VAR}"},
 		{TLSCAFile: "/x"},
+		{Address: "127.0.0.1:1", SentinelMaster: "m", SentinelAddresses: []string{"127.0.0.1:2"}},
+		{SentinelMaster: "m"},
+		{SentinelAddresses: []string{"127.0.0.1:2"}},
+		{SentinelMaster: "m", SentinelAddresses: []string{"nohostport"}},
 	} {
 		if err := bad.Provision(ctx); err == nil {
 			t.Errorf("%+v: want a provision error", bad)
@@ -687,4 +692,71 @@ func TestRedisStoreLeastPrivilegeACL(t *testing.T) {
 			t.Fatalf("password in the log: %+v", e)
 		}
 	}
+}
+
+// TestRedisStoreSentinelFailover: through Sentinel the store writes and
+// reads the primary; when the primary dies, Sentinel promotes the replica
+// and the store follows by itself; entries replicated before the failover
+// are redeemable after it.
+func TestRedisStoreSentinelFailover(t *testing.T) {
+	primary := StartTestRedis(t)
+	replica := StartTestRedis(t, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port))
+	sentinel := StartTestSentinel(t, "parmaster", primary)
+	viaSentinel := func(c *redisConfig) {
+		c.Address, c.SentinelMaster, c.SentinelAddresses = "", "parmaster", []string{sentinel.Addr}
+	}
+	a, logs := newTestRedisBackend(t, sentinel, viaSentinel)
+	b, _ := newTestRedisBackend(t, sentinel, viaSentinel)
+	ctx := t.Context()
+	key, kept := testRef(t), testRef(t)
+	for _, k := range []string{key, kept} {
+		if err := a.Put(ctx, k, testPushed("web-app", time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Take(ctx, key, "web-app"); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(primary.MustCLI("--scan", "--pattern", "test:*"), "\n"); n != 1 {
+		t.Fatalf("want one entry on the primary, got %d", n)
+	}
+	// Let the replica catch up, then kill the primary.
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Count(replica.MustCLI("--scan", "--pattern", "test:*"), "\n") != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("replica did not catch up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	primary.Stop()
+	start := time.Now()
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		err := a.Claim(ctx, "probe/"+time.Now().String(), time.Now().Add(time.Minute))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrStoreUnavailable) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failover within 20s: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("store usable again %s after the primary died", time.Since(start).Round(10*time.Millisecond))
+	if role := replica.MustCLI("ROLE"); !strings.HasPrefix(role, "master") {
+		t.Fatalf("the replica was not promoted: %q", role)
+	}
+	if got, err := b.Take(ctx, kept, "web-app"); err != nil || got.ClientID != "web-app" {
+		t.Fatalf("entry pushed before the failover: %+v %v", got, err)
+	}
+	key = testRef(t)
+	if err := b.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Take(ctx, key, "web-app"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("outage log: %d lines", logs.FilterMessageSnippet("Redis store").Len())
 }
