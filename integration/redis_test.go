@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -36,6 +37,7 @@ type redisEnv struct {
 	nonces map[string]int // pushed nonce -> times it reached the upstream
 	secret string
 	client *http.Client
+	env    []string // the gateways' environment (secrets)
 }
 
 const redisTestLifetime = 8 * time.Second
@@ -98,8 +100,8 @@ func TestRedisTwoGateways(t *testing.T) {
 			}
 			e.cfgs[i].Admin = fmt.Sprintf("127.0.0.1:%d", ap)
 		}
-		gw, err := harness.StartGateway(suiteCtx, bin, filepath.Join(art, fmt.Sprintf("gateway-%c", 'A'+i)), e.cfgs[i],
-			[]string{"WEB_APP_SECRET=" + e.secret, "PAR_REDIS_KEY=" + encKey})
+		e.env = []string{"WEB_APP_SECRET=" + e.secret, "PAR_REDIS_KEY=" + encKey}
+		gw, err := harness.StartGateway(suiteCtx, bin, filepath.Join(art, fmt.Sprintf("gateway-%c", 'A'+i)), e.cfgs[i], e.env)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -346,6 +348,7 @@ func (e *redisEnv) testOutage(t *testing.T) {
 	if n := e.reached(probe.nonce); n != 0 {
 		t.Fatalf("a redemption that failed during the hang reached the upstream %d times", n)
 	}
+	e.noPileUp(t)
 	pending := e.mustPush(t, 0)
 
 	// Dead Redis: killed, then a new (empty: persistence is off) server on
@@ -353,6 +356,19 @@ func (e *redisEnv) testOutage(t *testing.T) {
 	kept = e.mustPush(t, 1)
 	e.redis.Stop()
 	check("Redis stopped", pending)
+	// Loading configuration does no Redis I/O: validate and reload work
+	// while Redis is down.
+	validate := exec.Command(e.bin, "validate", "--config", e.gws[0].CaddyfilePath, "--adapter", "caddyfile")
+	validate.Env = append(os.Environ(), e.env...)
+	if out, err := validate.CombinedOutput(); err != nil {
+		t.Fatalf("caddy validate with Redis down: %v\n%s", err, out)
+	}
+	cfg := e.cfgs[0]
+	cfg.RequirePAR = !cfg.RequirePAR
+	if err := e.gws[0].Reload(suiteCtx, e.bin, cfg); err != nil {
+		t.Fatalf("caddy reload with Redis down: %v", err)
+	}
+	e.cfgs[0] = cfg
 	if err := e.redis.Start(suiteCtx); err != nil {
 		t.Fatal(err)
 	}
@@ -373,11 +389,13 @@ func (e *redisEnv) testOutage(t *testing.T) {
 	}
 
 	// Each gateway logged each outage once as it started and once as it
-	// ended, not once per failed request (20 per gateway and outage).
+	// ended, not once per failed request (20 per gateway and outage, and
+	// 200 more at A in noPileUp's hang): A saw three outages, B two.
 	for i, c := range e.cfgs {
+		want := 3 - i
 		down, up := countLog(t, c.LogPath, "Redis store unavailable"), countLog(t, c.LogPath, "Redis store available again")
-		if down != 2 || up != 2 {
-			t.Errorf("gateway %c logged %d outage starts and %d recoveries, want 2 and 2", 'A'+i, down, up)
+		if down != want || up != want {
+			t.Errorf("gateway %c logged %d outage starts and %d recoveries, want %d and %d", 'A'+i, down, up, want, want)
 		}
 	}
 }
@@ -434,4 +452,69 @@ func (e *redisEnv) testNoSecretsInLogsOrRedis(t *testing.T) {
 	if st, _ := e.redeem(t, 1, p); st != http.StatusOK {
 		t.Fatalf("redeem at B: %d", st)
 	}
+}
+
+// goroutines is gateway A's goroutine count from its admin API's pprof.
+func (e *redisEnv) goroutines(t *testing.T) int {
+	t.Helper()
+	resp, err := harness.HTTPClient.Get("http://" + e.cfgs[0].Admin + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+	var n int
+	if _, err := fmt.Sscanf(line, "goroutine profile: total %d", &n); err != nil {
+		t.Fatalf("goroutine profile: %q: %v", line, err)
+	}
+	return n
+}
+
+// noPileUp: 200 concurrent requests at A while Redis hangs all end in 503
+// within the bound, and A's goroutines come back to where they were: no
+// queue, no goroutines left waiting on Redis.
+func (e *redisEnv) noPileUp(t *testing.T) {
+	t.Helper()
+	p := e.mustPush(t, 0)
+	// Idle keep-alive connections each hold a goroutine in the gateway.
+	idle := e.client.Transport.(*http.Transport).CloseIdleConnections
+	idle()
+	time.Sleep(100 * time.Millisecond)
+	before := e.goroutines(t)
+	e.redis.Pause()
+	var wg sync.WaitGroup
+	var slowest atomic.Int64
+	var bad atomic.Int32
+	start := time.Now()
+	for i := range 200 {
+		wg.Go(func() {
+			t0 := time.Now()
+			var st int
+			if i%2 == 0 {
+				st, _, _ = e.push(t, 0)
+			} else {
+				st, _ = e.redeem(t, 0, p)
+			}
+			if st != http.StatusServiceUnavailable {
+				bad.Add(1)
+			}
+			if el := int64(time.Since(t0)); el > slowest.Load() {
+				slowest.Store(el)
+			}
+		})
+	}
+	wg.Wait()
+	e.redis.Resume()
+	took := time.Since(start)
+	if bad.Load() != 0 {
+		t.Errorf("%d of 200 requests during the hang were not 503", bad.Load())
+	}
+	if time.Duration(slowest.Load()) > 3*time.Second {
+		t.Errorf("the slowest of 200 concurrent requests during the hang took %s", time.Duration(slowest.Load()))
+	}
+	var after int
+	poll(t, "goroutines back to the baseline", func() bool { idle(); after = e.goroutines(t); return after <= before+10 })
+	t.Logf("200 concurrent requests while Redis hung: all 503 in %s (slowest %s); gateway goroutines %d before, %d after",
+		took.Round(time.Millisecond), time.Duration(slowest.Load()).Round(time.Millisecond), before, after)
+	poll(t, "Redis back after the hang", func() bool { st, _, _ := e.push(t, 0); return st == http.StatusCreated })
 }
