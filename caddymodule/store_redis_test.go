@@ -43,7 +43,7 @@ func newTestRedisBackend(t *testing.T, r *TestRedis, opts ...redisTestOpt) (*red
 	return b, logs
 }
 
-func testKey(n byte) []byte { return bytes.Repeat([]byte{n}, 32) }
+func redisTestKey(n byte) []byte { return bytes.Repeat([]byte{n}, 32) }
 
 // testRef is a fresh reference with the gateway's shape.
 func testRef(t *testing.T) string {
@@ -265,7 +265,7 @@ func TestRedisStoreEncryptionHidesValuesAndReferences(t *testing.T) {
 	}
 	r.MustCLI("FLUSHALL")
 
-	enc, _ := newTestRedisBackend(t, r, withKeys(testKey(1)))
+	enc, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(1)))
 	if err := enc.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +277,7 @@ func TestRedisStoreEncryptionHidesValuesAndReferences(t *testing.T) {
 	}
 	// A key that does not open: neither a different hash key finds it nor
 	// could it decrypt.
-	wrong, _ := newTestRedisBackend(t, r, withKeys(testKey(2)))
+	wrong, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(2)))
 	if _, err := wrong.Take(ctx, key, "web-app"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("take with a wrong key: %v, want ErrNotFound", err)
 	}
@@ -289,7 +289,7 @@ func TestRedisStoreEncryptionHidesValuesAndReferences(t *testing.T) {
 func TestRedisStoreValueTamperingIsRefused(t *testing.T) {
 	r := StartTestRedis(t)
 	ctx := t.Context()
-	enc, _ := newTestRedisBackend(t, r, withKeys(testKey(1)))
+	enc, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(1)))
 	k1, k2 := testRef(t), testRef(t)
 	for _, k := range []string{k1, k2} {
 		if err := enc.Put(ctx, k, testPushed("web-app", time.Minute)); err != nil {
@@ -307,7 +307,7 @@ func TestRedisStoreValueTamperingIsRefused(t *testing.T) {
 func TestRedisStoreKeyRotation(t *testing.T) {
 	r := StartTestRedis(t)
 	ctx := t.Context()
-	old, _ := newTestRedisBackend(t, r, withKeys(testKey(1)))
+	old, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(1)))
 	key := testRef(t)
 	if err := old.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
 		t.Fatal(err)
@@ -315,7 +315,7 @@ func TestRedisStoreKeyRotation(t *testing.T) {
 	if err := old.Claim(ctx, "jti/rot", time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	rotated, _ := newTestRedisBackend(t, r, withKeys(testKey(3), testKey(1)))
+	rotated, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(3), redisTestKey(1)))
 	if _, err := rotated.Take(ctx, key, "evil"); !errors.Is(err, ErrClientMismatch) {
 		t.Fatalf("mismatch under the old key: %v", err)
 	}
@@ -470,7 +470,7 @@ func waitUp(t *testing.T, b *redisBackend) {
 
 func TestRedisStoreOneRoundTripPerOperation(t *testing.T) {
 	r := StartTestRedis(t)
-	a, _ := newTestRedisBackend(t, r, withKeys(testKey(1)))
+	a, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(1)))
 	ctx := t.Context()
 	// Warm: the first EVALSHA after a start is a NOSCRIPT and an EVAL.
 	k := testRef(t)
@@ -527,7 +527,7 @@ func TestRedisStoreWarnsWithoutNoeviction(t *testing.T) {
 // network I/O (an unreachable Redis does not fail the load); one client
 // per distinct config, shared, closed with its last user.
 func TestRedisStoreProvision(t *testing.T) {
-	t.Setenv("CADDY_PAR_TEST_REDIS_KEY", base64.StdEncoding.EncodeToString(testKey(7)))
+	t.Setenv("CADDY_PAR_TEST_REDIS_KEY", base64.StdEncoding.EncodeToString(redisTestKey(7)))
 	t.Setenv("CADDY_PAR_TEST_REDIS_PASSWORD", "pw-from-env")
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
@@ -551,7 +551,7 @@ func TestRedisStoreProvision(t *testing.T) {
 	if strings.Contains(s1.poolKey, "pw-from-env") || s1.Password != "{env.CADDY_PAR_TEST_REDIS_PASSWORD}" {
 		t.Fatal("the password must be neither in the pool key nor written back to the config")
 	}
-	if !bytes.Equal(s1.backend.rings[0].hashKey, mustRing(t, testKey(7)).hashKey) {
+	if !bytes.Equal(s1.backend.rings[0].hashKey, mustRing(t, redisTestKey(7)).hashKey) {
 		t.Fatal("encryption_key from {env.*} not used")
 	}
 	_ = s1.Cleanup()
@@ -567,7 +567,7 @@ func TestRedisStoreProvision(t *testing.T) {
 	for _, bad := range []*RedisStore{
 		{Address: "nohostport"},
 		{EncryptionKey: "c2hvcnQ="},
-		{OldEncryptionKeys: []string{base64.StdEncoding.EncodeToString(testKey(1))}},
+		{OldEncryptionKeys: []string{base64.StdEncoding.EncodeToString(redisTestKey(1))}},
 		{EncryptionKey: "{env.CADDY_PAR_TEST_UNSET_VAR}"},
 		{TLSCAFile: "/x"},
 		{Address: "127.0.0.1:1", SentinelMaster: "m", SentinelAddresses: []string{"127.0.0.1:2"}},
@@ -596,7 +596,7 @@ func mustRing(t *testing.T, k []byte) keyring {
 func BenchmarkRedisStorePut(b *testing.B) {
 	r := StartTestRedis(b)
 	core, _ := observer.New(zapcore.InfoLevel)
-	s, err := newRedisBackend(redisConfig{Address: r.Addr, KeyPrefix: "bench:", DialTimeout: DefaultRedisDialTimeout, ReadTimeout: DefaultRedisReadTimeout, PoolSize: 16, Keys: [][]byte{testKey(1)}}, zap.New(core))
+	s, err := newRedisBackend(redisConfig{Address: r.Addr, KeyPrefix: "bench:", DialTimeout: DefaultRedisDialTimeout, ReadTimeout: DefaultRedisReadTimeout, PoolSize: 16, Keys: [][]byte{redisTestKey(1)}}, zap.New(core))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -654,7 +654,7 @@ func TestRedisStoreLeastPrivilegeACL(t *testing.T) {
 	for _, o := range []redisTestOpt{
 		func(c *redisConfig) { c.Username, c.Password = "par-gateway", "gw-pass" },
 		func(c *redisConfig) {
-			c.Username, c.Password, c.DB, c.Keys = "par-gateway", "gw-pass", 1, [][]byte{testKey(5), testKey(6)}
+			c.Username, c.Password, c.DB, c.Keys = "par-gateway", "gw-pass", 1, [][]byte{redisTestKey(5), redisTestKey(6)}
 		},
 	} {
 		s, logs := newTestRedisBackend(t, r, o)
