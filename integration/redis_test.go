@@ -40,7 +40,11 @@ type redisEnv struct {
 	env    []string // the gateways' environment (secrets)
 }
 
-const redisTestLifetime = 8 * time.Second
+const (
+	redisTestLifetime = 8 * time.Second
+	redisTestIssuer   = "https://idp.example.test"
+	jwtAppSecret      = "jwt-app-secret-at-least-32-bytes-long-0123"
+)
 
 func TestRedisTwoGateways(t *testing.T) {
 	art, err := resetArtifacts("TestRedisTwoGateways")
@@ -87,6 +91,14 @@ func TestRedisTwoGateways(t *testing.T) {
 			Clients:               []harness.GatewayClient{{ID: "web-app", SecretEnv: "WEB_APP_SECRET", RedirectURIs: []string{"https://app.example.test/cb"}}},
 			Extra: []string{
 				"request_uri_lifetime " + redisTestLifetime.String(),
+				"issuer " + redisTestIssuer,
+				"client jwt-app {",
+				// A literal: main's Validate re-checks the unexpanded
+				// {env.*} placeholder's length for client_secret_jwt.
+				"	secret " + jwtAppSecret,
+				"	auth_methods client_secret_jwt",
+				"	redirect_uris https://app.example.test/cb",
+				"}",
 				"store redis {",
 				"	address " + r.Addr(),
 				"	encryption_key {env.PAR_REDIS_KEY}",
@@ -100,7 +112,7 @@ func TestRedisTwoGateways(t *testing.T) {
 			}
 			e.cfgs[i].Admin = fmt.Sprintf("127.0.0.1:%d", ap)
 		}
-		e.env = []string{"WEB_APP_SECRET=" + e.secret, "PAR_REDIS_KEY=" + encKey}
+		e.env = []string{"WEB_APP_SECRET=" + e.secret, "PAR_REDIS_KEY=" + encKey, "JWT_APP_SECRET=" + jwtAppSecret}
 		gw, err := harness.StartGateway(suiteCtx, bin, filepath.Join(art, fmt.Sprintf("gateway-%c", 'A'+i)), e.cfgs[i], e.env)
 		if err != nil {
 			t.Fatal(err)
@@ -120,6 +132,7 @@ func TestRedisTwoGateways(t *testing.T) {
 	t.Run("push_at_A_redeem_at_B", e.testPushARedeemB)
 	t.Run("concurrent_redemptions_at_A_and_B_forward_once", e.testConcurrent)
 	t.Run("expiry_on_both", e.testExpiry)
+	t.Run("jti_replay_caught_across_gateways", e.testJTIReplay)
 	t.Run("reload_of_A_keeps_pool_and_pending_pushes", e.testReload)
 	t.Run("redis_outage_and_recovery", e.testOutage)
 	t.Run("logs_and_redis_hold_no_secrets", e.testNoSecretsInLogsOrRedis)
