@@ -760,3 +760,56 @@ func TestRedisStoreSentinelFailover(t *testing.T) {
 	}
 	t.Logf("outage log: %d lines", logs.FilterMessageSnippet("Redis store").Len())
 }
+
+// TestRedisStoreFullRedisRefusesPushesKeepsEntries: with noeviction and
+// maxmemory reached, pushes (and claims) get ErrStoreUnavailable, every
+// entry that got a 201 stays redeemable (a redemption only deletes, which
+// a full Redis allows), and pushes work again once memory is freed.
+func TestRedisStoreFullRedisRefusesPushesKeepsEntries(t *testing.T) {
+	r := StartTestRedis(t, "--maxmemory", "3mb", "--maxmemory-policy", "noeviction")
+	s, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(1)))
+	ctx := t.Context()
+	req := testPushed("web-app", time.Minute)
+	req.Params = strings.Repeat("p", 2000)
+	var stored []string
+	for i := 0; ; i++ {
+		if i == 100000 {
+			t.Fatal("Redis never filled up")
+		}
+		k := testRef(t)
+		err := s.Put(ctx, k, req)
+		if errors.Is(err, ErrStoreUnavailable) {
+			if !strings.Contains(err.Error(), "OOM") {
+				t.Fatalf("full Redis: %v, want an OOM refusal", err)
+			}
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored = append(stored, k)
+	}
+	if len(stored) < 100 {
+		t.Fatalf("only %d entries fit", len(stored))
+	}
+	// Claims are small: a few may still fit at the edge, then they are
+	// refused too (a JWT is then refused, never accepted unrecorded).
+	for i := 0; ; i++ {
+		err := s.Claim(ctx, fmt.Sprintf("jti/full/%d", i), time.Now().Add(time.Minute))
+		if errors.Is(err, ErrStoreUnavailable) {
+			break
+		}
+		if err != nil || i == 10000 {
+			t.Fatalf("claim %d in a full Redis: %v, want ErrStoreUnavailable eventually", i, err)
+		}
+	}
+	for _, k := range stored {
+		if _, err := s.Take(ctx, k, "web-app"); err != nil {
+			t.Fatalf("an entry that got a 201 is not redeemable in a full Redis: %v", err)
+		}
+	}
+	if err := s.Put(ctx, testRef(t), req); err != nil {
+		t.Fatalf("push after redemptions freed memory: %v", err)
+	}
+	t.Logf("%d entries of %d bytes filled 3mb; all redeemed while full", len(stored), len(req.Params))
+}
