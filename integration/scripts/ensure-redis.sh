@@ -4,9 +4,9 @@
 # Why: the Redis store's unit tests (caddymodule) and the two-gateway
 # end-to-end tests (integration) run against a real redis-server, which they
 # start themselves on a free 127.0.0.1 port with a throwaway directory and no
-# persistence. Nothing here starts or configures a system Redis: the Debian
-# package's own service is left alone (and stopped if the package was just
-# installed here, so no Redis listens that the tests did not start).
+# persistence. Nothing here starts or configures a system Redis: the install
+# runs with a policy-rc.d that keeps the package's service from being
+# started, so no Redis listens that the tests did not start.
 #
 # Pinned to Debian 12's redis-server 7.0.15 (REDIS_DEB_VERSION); when the
 # archive no longer carries that exact revision (security updates replace
