@@ -1779,7 +1779,7 @@ func TestCaddyConfigErrorsNameTheDirective(t *testing.T) {
 		{"missing_file_secret", base + "client filec {\n secret {file." + filepath.Join(storage, "does-not-exist") + "}\n redirect_uris https://e.example.test/cb\n }", []string{`"filec"`, "secret"}},
 		{"forward_method_put", base + okClient + "forward_method put", []string{"forward_method"}},
 		{"max_request_size_tiny", base + okClient + "max_request_size 10", []string{"max_request_size"}},
-		{"store_unknown_backend", base + okClient + "store redis", []string{"store"}},
+		{"store_unknown_backend", base + okClient + "store bogus", []string{"store"}},
 		{"store_max_size_too_small", base + okClient + "store memory {\n max_size 1KiB\n }", []string{"max_size"}},
 		{"par_endpoint_equals_authorization_endpoint", base + okClient + "par_endpoint /authorize", []string{"par_endpoint"}},
 		{"unsupported_auth_method", base + "client c3 {\n secret s\n redirect_uris https://c3.example.test/cb\n auth_methods private_key_jwt\n }", []string{`"c3"`, "auth_methods"}},

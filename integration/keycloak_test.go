@@ -254,6 +254,9 @@ func TestKeycloak(t *testing.T) {
 	})
 
 	t.Run("gateway_log", e.checkGatewayLog)
+
+	// Last: replaces the gateway with two sharing a Redis store.
+	t.Run("redis_push_at_A_redeem_at_B", func(t *testing.T) { kcRedisTwoGateways(t, e, gwBin, gwCfg) })
 }
 
 // hugeClaimsSize is the claims JSON size whose pushed request, URL-encoded,

@@ -34,6 +34,8 @@ var (
 		"par-push",
 		"par-push-large",
 		"par-authorize",
+		"par-push-redis",                 // store redis; redis-server must be installed
+		"par-authorize-redis",            //
 		"par-push-private-key-jwt",       // placeholder: gateway feature not there yet
 		"par-push-signed-request-object", // placeholder: gateway feature not there yet
 		"peer-oidc-provider-par",

@@ -51,6 +51,10 @@ func (e *env) runScenario(name string) (*row, error) {
 		err = e.parPush(r, true)
 	case "par-authorize":
 		err = e.parAuthorize(r)
+	case "par-push-redis":
+		err = e.parPushRedis(r)
+	case "par-authorize-redis":
+		err = e.parAuthorizeRedis(r)
 	case "par-push-private-key-jwt":
 		// Placeholder: the gateway has no private_key_jwt client
 		// authentication yet. When it does: register the client with a
@@ -172,7 +176,7 @@ func machineBusy() time.Duration {
 // foreignCPU is the machine's busy CPU time minus the bench's own processes
 // (itself, the server under test, the upstream): other load on the machine.
 func (e *env) foreignCPU(server *harness.Proc) time.Duration {
-	own := cpuTime(os.Getpid())
+	own := cpuTime(os.Getpid()) + redisCPU()
 	if server != nil {
 		own += groupCPU(server)
 	}
@@ -359,6 +363,12 @@ func (e *env) parAuthorize(r *row) error {
 		return err
 	}
 	r.server = "caddy oauth_par → upstream"
+	return e.parAuthorizeAt(r, c, base, nil, nil)
+}
+
+// parAuthorizeAt is parAuthorize against a started gateway; wrap and after,
+// if set, see the measured spec before and after the run.
+func (e *env) parAuthorizeAt(r *row, c *harness.Proc, base string, wrap func(*loadSpec), after func()) error {
 
 	// Size the pre-fill: a redemption is a proxied request plus work, so
 	// it should not run faster than baseline-proxy from this run; twice
@@ -415,7 +425,7 @@ func (e *env) parAuthorize(r *row) error {
 	var idx atomic.Int64
 	idx.Store(1)
 	authz := base + "/authorize"
-	e.measure(r, c, loadSpec{
+	ms := loadSpec{
 		warmup: e.cfg.warmup,
 		next: func(int, int) (job, error) {
 			i := idx.Add(1) - 1
@@ -425,7 +435,14 @@ func (e *env) parAuthorize(r *row) error {
 			return job{method: http.MethodGet, url: redeemURL(authz, uris[i])}, nil
 		},
 		check: expectStatus(200, "ok"),
-	})
+	}
+	if wrap != nil {
+		wrap(&ms)
+	}
+	e.measure(r, c, ms)
+	if after != nil {
+		after()
+	}
 	return nil
 }
 

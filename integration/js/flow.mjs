@@ -184,6 +184,9 @@ function loadConfig(file) {
     // Verify the id_token's JWS signature against the discovered jwks_uri
     // (openid-client skips this by default for token-endpoint responses).
     verifyIdTokenSignature: raw.verifyIdTokenSignature !== false,
+    // Send the browser to this origin instead of the discovered one (a
+    // second gateway sharing the store: push at one, redeem at the other).
+    authorizationOrigin: raw.authorizationOrigin || null,
   };
   let redirect;
   try {
@@ -378,6 +381,12 @@ async function runFlow(cfg, R, S) {
     authUrl = await client.buildAuthorizationUrlWithPAR(config, params);
   } else {
     authUrl = client.buildAuthorizationUrl(config, params);
+  }
+  if (cfg.authorizationOrigin) {
+    const o = new URL(cfg.authorizationOrigin);
+    authUrl = new URL(authUrl.href);
+    authUrl.protocol = o.protocol;
+    authUrl.host = o.host;
   }
   mark(cfg.usePAR ? 'parMs' : 'authorizationUrlMs', t);
   R.authorizationUrl = authUrl.href;
