@@ -128,6 +128,8 @@ func saAssertion(t *testing.T, k saKey, clientID string, aud any, mod func(map[s
 
 func saBlock(t *testing.T, keys map[jose.SignatureAlgorithm]saKey, extra ...string) string {
 	jwks := saJWKS(t, keys[jose.PS256], keys[jose.ES256], keys[jose.EdDSA])
+	// The HMAC key comes through a placeholder, expanded at load.
+	t.Setenv("CADDY_PAR_TEST_HS_SECRET", saHSSecret)
 	return `authorization_endpoint /authorize
 		par_endpoint /par
 		issuer ` + saIssuer + `
@@ -138,7 +140,7 @@ func saBlock(t *testing.T, keys map[jose.SignatureAlgorithm]saKey, extra ...stri
 			redirect_uris ` + saJWTRedir + `
 		}
 		client ` + saHSApp + ` {
-			secret ` + saHSSecret + `
+			secret {env.CADDY_PAR_TEST_HS_SECRET}
 			auth_methods client_secret_jwt
 			redirect_uris ` + saHSRedir + `
 		}
