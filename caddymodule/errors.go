@@ -47,6 +47,27 @@ func (e *oauthError) setHeaders(h http.Header) {
 	}
 }
 
+// describe makes a description fit RFC 6749 §5.2's error_description
+// syntax (%x20-21 / %x23-5B / %x5D-7E): quotes become apostrophes, other
+// characters outside it become '?'. Descriptions may quote parameter
+// names, kids or algorithm names a client sent.
+func describe(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return strings.Map(func(r rune) rune {
+				switch {
+				case r == '"':
+					return '\''
+				case r < 0x20 || r > 0x7e || r == '\\':
+					return '?'
+				}
+				return r
+			}, s)
+		}
+	}
+	return s
+}
+
 func newError(status int, code, description string) *oauthError {
 	return &oauthError{Status: status, Code: code, Description: description}
 }
@@ -67,7 +88,7 @@ func unavailable(description string) *oauthError {
 // RFC 9126 §2.3 prescribes for the PAR endpoint.
 func writeJSONError(w http.ResponseWriter, e *oauthError) {
 	e.setHeaders(w.Header())
-	b, _ := json.Marshal(map[string]string{"error": e.Code, "error_description": e.Description})
+	b, _ := json.Marshal(map[string]string{"error": e.Code, "error_description": describe(e.Description)})
 	writeJSON(w, e.Status, b)
 }
 
@@ -145,7 +166,7 @@ func redirectError(w http.ResponseWriter, redirectURI, state, iss string, e *oau
 	}
 	q := u.Query()
 	q.Set("error", e.Code)
-	q.Set("error_description", e.Description)
+	q.Set("error_description", describe(e.Description))
 	if state != "" {
 		q.Set("state", state)
 	}

@@ -213,3 +213,23 @@ func TestStoredParamsKeepValidPairsAsSent(t *testing.T) {
 		t.Fatalf("got %q, want %q", got, body)
 	}
 }
+
+func TestErrorDescriptionsKeepToRFC6749Syntax(t *testing.T) {
+	for in, want := range map[string]string{
+		`parameter "scope" is repeated`: `parameter 'scope' is repeated`,
+		"kid é\\x\n":                   "kid ??x?",
+		"plain":                         "plain",
+	} {
+		if got := describe(in); got != want {
+			t.Errorf("describe(%q) = %q, want %q", in, got, want)
+		}
+	}
+	g := newTestGateway(t, nil)
+	form := validPush()
+	form.Add("scope", "again")
+	w := httptest.NewRecorder()
+	g.servePAR(w, parRequest(form, "web-app", testSecret), nil)
+	if strings.ContainsAny(w.Body.String()[strings.Index(w.Body.String(), "error_description"):], `\`) {
+		t.Errorf("escaped quote in %s", w.Body)
+	}
+}
