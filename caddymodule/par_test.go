@@ -217,7 +217,7 @@ func TestStoredParamsKeepValidPairsAsSent(t *testing.T) {
 func TestErrorDescriptionsKeepToRFC6749Syntax(t *testing.T) {
 	for in, want := range map[string]string{
 		`parameter "scope" is repeated`: `parameter 'scope' is repeated`,
-		"kid é\\x\n":                   "kid ??x?",
+		"kid é\\x\n":                    "kid ??x?",
 		"plain":                         "plain",
 	} {
 		if got := describe(in); got != want {
