@@ -39,7 +39,9 @@ type keycloakBoot struct {
 	gwPort int
 	kcPort int
 	secret string
-	took   time.Duration
+	// fapiSecret is fapi-app's secret at Keycloak.
+	fapiSecret string
+	took       time.Duration
 }
 
 var kcBoot = &keycloakBoot{done: make(chan struct{})}
@@ -60,6 +62,7 @@ func (b *keycloakBoot) run() {
 	}
 	b.gwPort, b.kcPort = ports[0], ports[1]
 	b.secret = "kc-" + randHex(16)
+	b.fapiSecret = "kcf-" + randHex(16)
 	fetchLog, err := os.Create(filepath.Join(b.art, "keycloak-fetch.log"))
 	if err != nil {
 		b.err = err
@@ -82,12 +85,13 @@ func (b *keycloakBoot) run() {
 		return
 	}
 	b.proc, b.err = harness.StartKeycloak(suiteCtx, harness.KeycloakConfig{
-		Home:      home,
-		Port:      b.kcPort,
-		PublicURL: fmt.Sprintf("http://127.0.0.1:%d", b.gwPort),
-		RunDir:    b.runDir,
-		Secret:    b.secret,
-		LogPath:   filepath.Join(b.art, "keycloak.log"),
+		Home:       home,
+		Port:       b.kcPort,
+		PublicURL:  fmt.Sprintf("http://127.0.0.1:%d", b.gwPort),
+		RunDir:     b.runDir,
+		Secret:     b.secret,
+		FAPISecret: b.fapiSecret,
+		LogPath:    filepath.Join(b.art, "keycloak.log"),
 	})
 }
 
@@ -113,11 +117,11 @@ func TestKeycloak(t *testing.T) {
 	t.Logf("Keycloak ready on 127.0.0.1:%d after %s", kcBoot.kcPort, kcBoot.took.Round(time.Second))
 	art := kcBoot.art
 
-	ports, err := harness.FreePorts(3)
+	ports, err := harness.FreePorts(4)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cbPort, spaPort, gwGetPort := ports[0], ports[1], ports[2]
+	cbPort, spaPort, gwGetPort, fapiPort := ports[0], ports[1], ports[2], ports[3]
 	webRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", cbPort)
 	spaRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", spaPort)
 	upstream := fmt.Sprintf("127.0.0.1:%d", kcBoot.kcPort)
@@ -254,6 +258,34 @@ func TestKeycloak(t *testing.T) {
 	})
 
 	t.Run("gateway_log", e.checkGatewayLog)
+
+	// Last: the gateway is replaced by one with profile fapi2 on the same
+	// port (Keycloak's hostname).
+	t.Run("fapi2", func(t *testing.T) {
+		e.runFAPI2(t, gwBin, fapiSetup{
+			secret:   kcBoot.fapiSecret,
+			redirect: fmt.Sprintf("http://127.0.0.1:%d/callback", fapiPort),
+			gw: harness.GatewayConfig{
+				Upstream:              upstream,
+				AuthorizationEndpoint: kcAuthzPath,
+				PAREndpoint:           kcPARPath,
+				ForwardMethod:         "post",
+			},
+			upstreamBindsDPoP: true,
+			encAlg:            "RSA-OAEP-256",
+			encEnc:            "A256GCM",
+			checkTokens: func(t *testing.T, e *idpEnv, r *FlowResult) {
+				// Keycloak bound the code to the forwarded dpop_jkt and the
+				// access token to the key of the token request's proof.
+				if r.Tokens.TokenType == nil || !strings.EqualFold(*r.Tokens.TokenType, "DPoP") {
+					t.Errorf("token_type = %v, want DPoP", r.Tokens.TokenType)
+				}
+				if jkt, _ := r.Tokens.AccessTokenCnf["jkt"].(string); jkt != r.DPoP.JKT {
+					t.Errorf("access token cnf.jkt = %v, want the DPoP key's thumbprint %s", r.Tokens.AccessTokenCnf, r.DPoP.JKT)
+				}
+			},
+		})
+	})
 }
 
 // hugeClaimsSize is the claims JSON size whose pushed request, URL-encoded,
