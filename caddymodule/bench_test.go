@@ -1,6 +1,12 @@
 package caddymodule
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +15,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 )
 
 // Micro-benchmarks of the per-request work. Compare runs with benchstat;
@@ -34,7 +43,7 @@ func BenchmarkClientAuthenticationBasic(b *testing.B) {
 	form := url.Values{"client_id": {"web-app"}}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, oerr := g.auth.authenticate(r, form); oerr != nil {
+		if _, _, oerr := g.auth.authenticate(r, form, audiences{}); oerr != nil {
 			b.Fatal(oerr)
 		}
 	}
@@ -93,7 +102,7 @@ func BenchmarkPARRequest(b *testing.B) {
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		r.Header.Set("Authorization", auth)
 		w := httptest.NewRecorder()
-		g.servePAR(w, r)
+		g.servePAR(w, r, nil)
 		if w.Code != http.StatusCreated {
 			b.Fatal(w.Code, w.Body)
 		}
@@ -156,4 +165,74 @@ func BenchmarkMemoryStoreHeapPerEntry(b *testing.B) {
 		b.ReportMetric(float64(c.used.Load())/n, "chargedB/entry")
 		b.ReportMetric(float64(raw), "rawB/entry")
 	}
+}
+
+// BenchmarkPARRequestPrivateKeyJWT is BenchmarkPARRequest with a
+// private_key_jwt assertion per push (signed before the timer starts, each
+// with its own jti), for ES256 and PS256.
+func BenchmarkPARRequestPrivateKeyJWT(b *testing.B) {
+	for _, alg := range []jose.SignatureAlgorithm{jose.ES256, jose.PS256} {
+		b.Run(string(alg), func(b *testing.B) {
+			key := benchKey(b, alg)
+			g := newTestGateway(b, func(g *gateway) {
+				g.store = newTestCache(b, 1<<30)
+				g.issuer = "https://idp.example"
+			})
+			set, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "k1", Algorithm: string(alg), Use: "sig"}}})
+			cl := mustClient(b, ClientConfig{ClientID: "jwt-app", JWKS: set, RedirectURIs: []string{"https://app.example.com/cb"}})
+			g.clients["jwt-app"] = cl
+			g.auth.clients["jwt-app"] = cl
+			g.auth.claims, g.auth.algs, g.auth.maxLifetime = g.store, []jose.SignatureAlgorithm{alg}, 5*time.Minute
+			push := with(validPush(), "client_id", "jwt-app")
+			push.Set("client_assertion_type", jwtBearer)
+			bodies := make([]string, b.N)
+			for i := range bodies {
+				push.Set("client_assertion", benchAssertion(b, key, alg, "jwt-app", g.issuer, i))
+				bodies[i] = push.Encode()
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				r := httptest.NewRequest(http.MethodPost, "/par", strings.NewReader(bodies[i]))
+				r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				w := httptest.NewRecorder()
+				g.servePAR(w, r, nil)
+				if w.Code != http.StatusCreated {
+					b.Fatal(w.Code, w.Body)
+				}
+			}
+		})
+	}
+}
+
+func benchKey(b *testing.B, alg jose.SignatureAlgorithm) crypto.Signer {
+	b.Helper()
+	var k crypto.Signer
+	var err error
+	if alg == jose.ES256 {
+		k, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	} else {
+		k, err = rsa.GenerateKey(rand.Reader, 2048)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return k
+}
+
+func benchAssertion(b *testing.B, key crypto.Signer, alg jose.SignatureAlgorithm, clientID, aud string, i int) string {
+	b.Helper()
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Now()
+	s, err := jwt.Signed(sig).Claims(jwt.Claims{
+		Issuer: clientID, Subject: clientID, Audience: jwt.Audience{aud}, ID: fmt.Sprintf("jti-%d", i),
+		IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(4 * time.Minute)),
+	}).Serialize()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
 }

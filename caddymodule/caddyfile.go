@@ -34,6 +34,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_request_size       <size>
 //		issuer                 <url>
 //		forward_method         get|post
+//		profile                fapi2|fapi2_message_signing
+//		clock_skew             <duration>
+//		assertion_max_lifetime <duration>
+//		client_assertion_signing_algs <alg...>
+//		request_object_signing_algs   <alg...>
+//		request_object_max_lifetime   <duration>
+//		require_request_object_typ
+//		require_signed_request_object
+//		request_object_encryption {
+//			key_file  <path>
+//			jwks_path <path>
+//			algs      <alg...>
+//			encs      <enc...>
+//		}
+//		dpop_signing_algs      <alg...>
+//		mtls_endpoint          <url>
+//		client_ca_file         <path>
 //		client <client_id> {
 //			secret         <secret>
 //			public
@@ -41,6 +58,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			redirect_uris  <uri...>
 //			require_par
 //			allowed_scopes <scope...>
+//			jwks           <JWK Set JSON>
+//			jwks_file      <path>
+//			jwks_uri       <url>
+//			tls_client_auth_subject_dn|_san_dns|_san_uri|_san_ip|_san_email <value>
+//			require_signed_request_object
+//			require_dpop
 //		}
 //		store memory {
 //			max_size <size>
@@ -70,20 +93,66 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "request_uri_lifetime":
-			var s string
-			if err := oneArg(d, &s); err != nil {
+			if err := durationArg(d, &h.RequestURILifetime); err != nil {
 				return err
 			}
-			dur, err := caddy.ParseDuration(s)
-			if err != nil {
-				return d.Errf("request_uri_lifetime: %v", err)
-			}
-			h.RequestURILifetime = caddy.Duration(dur)
 		case "require_par":
-			if d.NextArg() {
-				return d.ArgErr()
+			if err := noArgs(d); err != nil {
+				return err
 			}
 			h.RequirePAR = true
+		case "profile":
+			if err := oneArg(d, &h.Profile); err != nil {
+				return err
+			}
+		case "clock_skew", "assertion_max_lifetime", "request_object_max_lifetime":
+			dst := map[string]*caddy.Duration{
+				"clock_skew":                  &h.ClockSkew,
+				"assertion_max_lifetime":      &h.AssertionMaxLifetime,
+				"request_object_max_lifetime": &h.RequestObjectMaxLifetime,
+			}[d.Val()]
+			if err := durationArg(d, dst); err != nil {
+				return err
+			}
+		case "client_assertion_signing_algs":
+			if err := someArgs(d, &h.ClientAssertionSigningAlgs); err != nil {
+				return err
+			}
+		case "request_object_signing_algs":
+			if err := someArgs(d, &h.RequestObjectSigningAlgs); err != nil {
+				return err
+			}
+		case "dpop_signing_algs":
+			if err := someArgs(d, &h.DPoPSigningAlgs); err != nil {
+				return err
+			}
+		case "require_request_object_typ":
+			if err := noArgs(d); err != nil {
+				return err
+			}
+			h.RequireRequestObjectTyp = true
+		case "require_signed_request_object":
+			if err := noArgs(d); err != nil {
+				return err
+			}
+			h.RequireSignedRequestObject = true
+		case "request_object_encryption":
+			if h.RequestObjectEncryption != nil {
+				return d.Err("request_object_encryption: specified more than once")
+			}
+			enc, err := unmarshalEncryption(d)
+			if err != nil {
+				return err
+			}
+			h.RequestObjectEncryption = enc
+		case "mtls_endpoint":
+			if err := oneArg(d, &h.MTLSEndpoint); err != nil {
+				return err
+			}
+		case "client_ca_file":
+			if err := oneArg(d, &h.ClientCAFile); err != nil {
+				return err
+			}
 		case "max_request_size":
 			size, err := sizeArg(d)
 			if err != nil {
@@ -128,8 +197,8 @@ func unmarshalClient(d *caddyfile.Dispenser) (ClientConfig, error) {
 				return c, err
 			}
 		case "public":
-			if d.NextArg() {
-				return c, d.ArgErr()
+			if err := noArgs(d); err != nil {
+				return c, err
 			}
 			c.Public = true
 		case "redirect_uris":
@@ -142,10 +211,57 @@ func unmarshalClient(d *caddyfile.Dispenser) (ClientConfig, error) {
 		case "auth_methods":
 			c.AuthMethods = append(c.AuthMethods, d.RemainingArgs()...)
 		case "require_par":
-			if d.NextArg() {
-				return c, d.ArgErr()
+			if err := noArgs(d); err != nil {
+				return c, err
 			}
 			c.RequirePAR = true
+		case "jwks":
+			var doc string
+			if err := oneArg(d, &doc); err != nil {
+				return c, err
+			}
+			if !json.Valid([]byte(doc)) {
+				return c, d.Errf("client %q: jwks: not valid JSON (quote the JWK Set with backticks)", c.ClientID)
+			}
+			c.JWKS = json.RawMessage(doc)
+		case "jwks_file":
+			if err := oneArg(d, &c.JWKSFile); err != nil {
+				return c, err
+			}
+		case "jwks_uri":
+			if err := oneArg(d, &c.JWKSURI); err != nil {
+				return c, err
+			}
+		case "tls_client_auth_subject_dn":
+			if err := oneArg(d, &c.TLSClientAuthSubjectDN); err != nil {
+				return c, err
+			}
+		case "tls_client_auth_san_dns":
+			if err := oneArg(d, &c.TLSClientAuthSANDNS); err != nil {
+				return c, err
+			}
+		case "tls_client_auth_san_uri":
+			if err := oneArg(d, &c.TLSClientAuthSANURI); err != nil {
+				return c, err
+			}
+		case "tls_client_auth_san_ip":
+			if err := oneArg(d, &c.TLSClientAuthSANIP); err != nil {
+				return c, err
+			}
+		case "tls_client_auth_san_email":
+			if err := oneArg(d, &c.TLSClientAuthSANEmail); err != nil {
+				return c, err
+			}
+		case "require_signed_request_object":
+			if err := noArgs(d); err != nil {
+				return c, err
+			}
+			c.RequireSignedRequestObject = true
+		case "require_dpop":
+			if err := noArgs(d); err != nil {
+				return c, err
+			}
+			c.RequireDPoP = true
 		default:
 			return c, d.Errf("client %q: unknown subdirective %q", c.ClientID, d.Val())
 		}
@@ -179,6 +295,68 @@ func unmarshalStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
 	default:
 		return nil, d.Errf("store: unknown backend %q", backend)
 	}
+}
+
+// unmarshalEncryption parses a request_object_encryption block.
+func unmarshalEncryption(d *caddyfile.Dispenser) (*EncryptionConfig, error) {
+	if d.NextArg() {
+		return nil, d.Err("request_object_encryption: takes a block, not arguments")
+	}
+	enc := &EncryptionConfig{}
+	for d.NextBlock(1) {
+		switch d.Val() {
+		case "key_file":
+			if err := oneArg(d, &enc.KeyFile); err != nil {
+				return nil, err
+			}
+		case "jwks_path":
+			if err := oneArg(d, &enc.JWKSPath); err != nil {
+				return nil, err
+			}
+		case "algs":
+			if err := someArgs(d, &enc.Algs); err != nil {
+				return nil, err
+			}
+		case "encs":
+			if err := someArgs(d, &enc.Encs); err != nil {
+				return nil, err
+			}
+		default:
+			return nil, d.Errf("request_object_encryption: unknown subdirective %q", d.Val())
+		}
+	}
+	return enc, nil
+}
+
+func noArgs(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.Errf("%s: takes no arguments", d.Val())
+	}
+	return nil
+}
+
+func someArgs(d *caddyfile.Dispenser, dst *[]string) error {
+	name := d.Val()
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.Errf("%s: at least one value", name)
+	}
+	*dst = append(*dst, args...)
+	return nil
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%s: %v", name, err)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
 }
 
 func oneArg(d *caddyfile.Dispenser, dst *string) error {

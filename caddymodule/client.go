@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 )
@@ -73,6 +75,76 @@ type client struct {
 	redirectURIs  map[string]bool
 	requirePAR    bool
 	allowedScopes map[string]bool // nil: any scope
+
+	// hmacKey is the secret itself, kept only when client_secret_jwt is
+	// allowed (it is the HMAC key, RFC 7523 §2.2 / OIDC Core §9).
+	hmacKey []byte
+	// keys are the client's public keys; nil when it has none.
+	keys *keySet
+	// tlsName is the certificate name of a tls_client_auth client.
+	tlsName *tlsClientAuthName
+
+	requireSignedRequestObject bool
+	requireDPoP                bool
+	// requirePKCE: public clients, and all clients under profile fapi2.
+	requirePKCE bool
+}
+
+// minHMACKey is the shortest client secret usable for client_secret_jwt:
+// RFC 7518 §3.2 wants a key at least as long as the hash output (HS256).
+const minHMACKey = 32
+
+// hasKeys reports whether the config gives the client public keys.
+func (c ClientConfig) hasKeys() bool {
+	return len(c.JWKS) > 0 || c.JWKSFile != "" || c.JWKSURI != ""
+}
+
+// tlsName returns the one configured tls_client_auth name, if any.
+func (c ClientConfig) tlsNames() []tlsClientAuthName {
+	var out []tlsClientAuthName
+	for _, n := range []tlsClientAuthName{
+		{"subject_dn", c.TLSClientAuthSubjectDN},
+		{"san_dns", c.TLSClientAuthSANDNS},
+		{"san_uri", c.TLSClientAuthSANURI},
+		{"san_ip", c.TLSClientAuthSANIP},
+		{"san_email", c.TLSClientAuthSANEmail},
+	} {
+		if n.Value != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// defaultAuthMethods follows from what the client has: a secret gives the
+// secret methods, keys give private_key_jwt, a certificate name gives
+// tls_client_auth, nothing gives none (a public client).
+func (c ClientConfig) defaultAuthMethods() []string {
+	if c.Public {
+		return []string{AuthNone}
+	}
+	var m []string
+	if c.Secret != "" {
+		m = append(m, AuthClientSecretBasic, AuthClientSecretPost)
+		if len(c.Secret) >= minHMACKey {
+			m = append(m, AuthClientSecretJWT)
+		}
+	}
+	if c.hasKeys() {
+		m = append(m, AuthPrivateKeyJWT)
+	}
+	if len(c.tlsNames()) > 0 {
+		m = append(m, AuthTLSClientAuth)
+	}
+	return m
+}
+
+// methods is the effective list of authentication methods.
+func (c ClientConfig) methods() []string {
+	if len(c.AuthMethods) > 0 {
+		return c.AuthMethods
+	}
+	return c.defaultAuthMethods()
 }
 
 // validate checks a client's static configuration. Errors name the
@@ -84,40 +156,117 @@ func (c ClientConfig) validate() error {
 	if strings.ContainsAny(c.ClientID, " \t\r\n") {
 		return fmt.Errorf("client %q: client_id must not contain white space", c.ClientID)
 	}
-	if c.Public && c.Secret != "" {
-		return fmt.Errorf("client %q: 'public' and 'secret' are mutually exclusive", c.ClientID)
+	fail := func(format string, args ...any) error {
+		return fmt.Errorf("client %q: "+format, append([]any{c.ClientID}, args...)...)
 	}
-	if !c.Public && c.Secret == "" {
-		return fmt.Errorf("client %q: needs either 'secret' or 'public'", c.ClientID)
+	if c.Public && c.Secret != "" {
+		return fail("'public' and 'secret' are mutually exclusive")
+	}
+	names := c.tlsNames()
+	if !c.Public && c.Secret == "" && !c.hasKeys() && len(names) == 0 {
+		return fail("needs 'secret', keys ('jwks', 'jwks_file' or 'jwks_uri'), a tls_client_auth_* name, or 'public'")
+	}
+	if c.Public && len(names) > 0 {
+		return fail("a public client cannot use tls_client_auth")
+	}
+	if len(names) > 1 {
+		return fail("tls_client_auth_*: set exactly one of subject_dn, san_dns, san_uri, san_ip, san_email")
+	}
+	if n := btoi(len(c.JWKS) > 0) + btoi(c.JWKSFile != "") + btoi(c.JWKSURI != ""); n > 1 {
+		return fail("jwks, jwks_file and jwks_uri are mutually exclusive")
+	}
+	if c.JWKSURI != "" {
+		if err := checkJWKSURI(c.JWKSURI); err != nil {
+			return fail("jwks_uri: %v", err)
+		}
 	}
 	if len(c.RedirectURIs) == 0 {
-		return fmt.Errorf("client %q: 'redirect_uris' is required", c.ClientID)
+		return fail("'redirect_uris' is required")
 	}
 	for _, u := range c.RedirectURIs {
 		if err := checkRedirectURI(u); err != nil {
-			return fmt.Errorf("client %q: redirect_uris: %v", c.ClientID, err)
+			return fail("redirect_uris: %v", err)
 		}
+	}
+	if len(c.AuthMethods) == 0 && c.Secret != "" && (c.hasKeys() || len(names) > 0) {
+		// Which credential may authenticate is a decision, not a default.
+		return fail("has a secret and keys or a certificate name: list the methods it may use in 'auth_methods'")
 	}
 	for _, m := range c.AuthMethods {
 		switch m {
 		case AuthClientSecretBasic, AuthClientSecretPost:
-			if c.Public {
-				return fmt.Errorf("client %q: auth_methods: %s needs a secret", c.ClientID, m)
+			if c.Secret == "" {
+				return fail("auth_methods: %s needs a secret", m)
+			}
+		case AuthClientSecretJWT:
+			if len(c.Secret) < minHMACKey {
+				return fail("auth_methods: client_secret_jwt needs a secret of at least %d bytes (RFC 7518 §3.2)", minHMACKey)
+			}
+		case AuthPrivateKeyJWT, AuthSelfSignedTLSClientAuth:
+			if !c.hasKeys() {
+				return fail("auth_methods: %s needs the client's keys (jwks, jwks_file or jwks_uri)", m)
+			}
+		case AuthTLSClientAuth:
+			if len(names) == 0 {
+				return fail("auth_methods: tls_client_auth needs one tls_client_auth_* name")
 			}
 		case AuthNone:
 			if !c.Public {
-				return fmt.Errorf("client %q: auth_methods: 'none' is only for public clients", c.ClientID)
+				return fail("auth_methods: 'none' is only for public clients")
 			}
 		default:
-			return fmt.Errorf("client %q: auth_methods: unsupported method %q", c.ClientID, m)
+			return fail("auth_methods: unsupported method %q", m)
 		}
+		if c.Public && m != AuthNone {
+			return fail("auth_methods: a public client can only use 'none'")
+		}
+	}
+	if c.RequireSignedRequestObject && !c.hasKeys() {
+		return fail("require_signed_request_object needs the client's keys (jwks, jwks_file or jwks_uri)")
 	}
 	for _, s := range c.AllowedScopes {
 		if s == "" || strings.ContainsAny(s, " \t\r\n\"\\") {
-			return fmt.Errorf("client %q: allowed_scopes: invalid scope %q", c.ClientID, s)
+			return fail("allowed_scopes: invalid scope %q", s)
 		}
 	}
 	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// checkJWKSURI allows https, and http only on loopback (tests, sidecars).
+func checkJWKSURI(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return fmt.Errorf("%q is not an absolute URL", s)
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		if isLoopbackHost(u.Hostname()) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q must be https (http only on loopback)", s)
+}
+
+// isLoopbackHost reports whether host is a loopback IP literal or
+// "localhost".
+func isLoopbackHost(host string) bool {
+	return strings.EqualFold(host, "localhost") || isLoopbackIP(host)
+}
+
+// isLoopbackIP reports whether host is a loopback IP literal (RFC 8252
+// §7.3 loopback redirects use literals, not "localhost").
+func isLoopbackIP(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // checkRedirectURI enforces RFC 6749 §3.1.2: absolute, no fragment.
@@ -135,29 +284,61 @@ func checkRedirectURI(s string) error {
 	return nil
 }
 
+// keySource builds what newClient needs to make a client's key set.
+type keySource struct {
+	readFile func(string) ([]byte, error)
+	remote   remoteKeySetOptions
+}
+
 // newClient builds the runtime client from a validated config whose secret
-// has already been expanded.
-func newClient(c ClientConfig) *client {
+// has already been expanded. Static key sets are read and parsed here,
+// once; remote ones are fetched on first use.
+func newClient(c ClientConfig, ks keySource) (*client, error) {
 	cl := &client{
-		id:           c.ClientID,
-		public:       c.Public,
-		requirePAR:   c.RequirePAR,
-		authMethods:  map[string]bool{},
-		redirectURIs: map[string]bool{},
+		id:                         c.ClientID,
+		public:                     c.Public,
+		requirePAR:                 c.RequirePAR,
+		authMethods:                map[string]bool{},
+		redirectURIs:               map[string]bool{},
+		requireSignedRequestObject: c.RequireSignedRequestObject,
+		requireDPoP:                c.RequireDPoP,
+		requirePKCE:                c.Public,
 	}
-	if !c.Public {
+	if c.Secret != "" {
 		cl.secretHash = sha256.Sum256([]byte(c.Secret))
 	}
-	methods := c.AuthMethods
-	if len(methods) == 0 {
-		if c.Public {
-			methods = []string{AuthNone}
-		} else {
-			methods = []string{AuthClientSecretBasic, AuthClientSecretPost}
-		}
-	}
-	for _, m := range methods {
+	for _, m := range c.methods() {
 		cl.authMethods[m] = true
+	}
+	if cl.authMethods[AuthClientSecretJWT] {
+		cl.hmacKey = []byte(c.Secret)
+	}
+	if names := c.tlsNames(); len(names) == 1 {
+		cl.tlsName = &names[0]
+	}
+	switch {
+	case len(c.JWKS) > 0:
+		k, err := newStaticKeySet(c.JWKS)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: jwks: %v", c.ClientID, err)
+		}
+		cl.keys = k
+	case c.JWKSFile != "":
+		read := ks.readFile
+		if read == nil {
+			read = os.ReadFile
+		}
+		doc, err := read(c.JWKSFile)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: jwks_file: %v", c.ClientID, err)
+		}
+		k, err := newStaticKeySet(doc)
+		if err != nil {
+			return nil, fmt.Errorf("client %q: jwks_file %s: %v", c.ClientID, c.JWKSFile, err)
+		}
+		cl.keys = k
+	case c.JWKSURI != "":
+		cl.keys = newRemoteKeySet(c.JWKSURI, ks.remote)
 	}
 	for _, u := range c.RedirectURIs {
 		cl.redirectURIs[u] = true
@@ -168,7 +349,7 @@ func newClient(c ClientConfig) *client {
 			cl.allowedScopes[s] = true
 		}
 	}
-	return cl
+	return cl, nil
 }
 
 // authMethodList lists the methods for log and error messages.

@@ -27,7 +27,7 @@ func TestClientAuthentication(t *testing.T) {
 		{name: "confidential client without secret", form: url.Values{"client_id": {"web-app"}}},
 		{name: "public client sending a secret", form: url.Values{"client_id": {"spa"}, "client_secret": {"x"}}},
 		{name: "two methods at once", basic: basicHeader("web-app", testSecret), form: url.Values{"client_id": {"web-app"}, "client_secret": {testSecret}}, wantBasic: true},
-		{name: "client assertion not supported", form: url.Values{"client_id": {"web-app"}, "client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {"x.y.z"}}},
+		{name: "assertion from a client without assertion methods", form: url.Values{"client_id": {"web-app"}, "client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {"x.y.z"}}},
 		{name: "basic parts sent without form-encoding", basic: "Basic " + base64.StdEncoding.EncodeToString([]byte("web-app:"+testSecret)), wantClient: "web-app", wantMethod: AuthClientSecretBasic},
 		{name: "malformed basic", basic: "Basic !!!", wantBasic: true},
 		{name: "no client at all"},
@@ -42,7 +42,7 @@ func TestClientAuthentication(t *testing.T) {
 			if form == nil {
 				form = url.Values{}
 			}
-			c, method, oerr := a.authenticate(r, form)
+			c, method, oerr := a.authenticate(r, form, audiences{})
 			if tt.wantClient != "" {
 				if oerr != nil || c == nil || c.id != tt.wantClient || method != tt.wantMethod {
 					t.Fatalf("got %v %q %v, want %s via %s", c, method, oerr, tt.wantClient, tt.wantMethod)
@@ -64,13 +64,13 @@ func TestAuthMethodsRestrictClient(t *testing.T) {
 	if err := c.validate(); err != nil {
 		t.Fatal(err)
 	}
-	a := &clientAuthenticator{clients: map[string]*client{c.ClientID: newClient(c)}}
+	a := &clientAuthenticator{clients: map[string]*client{c.ClientID: mustClient(t, c)}}
 	r, _ := http.NewRequest(http.MethodPost, "/par", nil)
-	if _, _, oerr := a.authenticate(r, url.Values{"client_id": {"basic-only"}, "client_secret": {"x"}}); oerr == nil {
+	if _, _, oerr := a.authenticate(r, url.Values{"client_id": {"basic-only"}, "client_secret": {"x"}}, audiences{}); oerr == nil {
 		t.Fatal("client_secret_post accepted for a basic-only client")
 	}
 	r.Header.Set("Authorization", basicHeader("basic-only", "x"))
-	if _, _, oerr := a.authenticate(r, url.Values{}); oerr != nil {
+	if _, _, oerr := a.authenticate(r, url.Values{}, audiences{}); oerr != nil {
 		t.Fatalf("basic rejected: %v", oerr)
 	}
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // OAuth error codes used by the gateway (RFC 6749 §4.1.2.1, §5.2;
-// RFC 9101 §7; OpenID Connect Core §3.1.2.6).
+// RFC 9101 §7; RFC 9449 §12.2; OpenID Connect Core §3.1.2.6).
 const (
 	ErrInvalidRequest          = "invalid_request"
 	ErrInvalidClient           = "invalid_client"
@@ -18,6 +18,8 @@ const (
 	ErrUnsupportedResponseType = "unsupported_response_type"
 	ErrInvalidRequestURI       = "invalid_request_uri"
 	ErrRequestNotSupported     = "request_not_supported"
+	ErrInvalidRequestObject    = "invalid_request_object"
+	ErrInvalidDPoPProof        = "invalid_dpop_proof"
 	ErrTemporarilyUnavailable  = "temporarily_unavailable"
 	ErrServerError             = "server_error"
 )
@@ -51,6 +53,14 @@ func newError(status int, code, description string) *oauthError {
 
 func badRequest(code, description string) *oauthError {
 	return newError(http.StatusBadRequest, code, description)
+}
+
+// unavailable is the answer when the store cannot take a write: nothing
+// was issued or accepted, and the client may retry.
+func unavailable(description string) *oauthError {
+	e := newError(http.StatusServiceUnavailable, ErrTemporarilyUnavailable, description+"; retry later")
+	e.header = http.Header{"Retry-After": {"1"}}
+	return e
 }
 
 // writeJSONError writes the token-endpoint error format (RFC 6749 §5.2) that

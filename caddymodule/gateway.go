@@ -4,6 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +25,19 @@ type gateway struct {
 	forwardPOST           bool
 	issuer                string
 
+	// mtlsEndpoint is the PAR URL advertised for mTLS clients ("" when no
+	// client uses mTLS).
+	mtlsEndpoint string
+
+	requireSignedRequestObject bool
+	requestObjectPolicy        requestObjectPolicy
+	dpopPolicy                 dpopPolicy
+	// serverKeys decrypt request objects; nil unless request_object_encryption.
+	serverKeys *serverKeys
+	jwksPath   string
+	// advertise is what discovery adds for the features configured.
+	advertise advertisement
+
 	clients map[string]*client
 	auth    *clientAuthenticator
 	store   Store
@@ -35,8 +51,11 @@ type gateway struct {
 	// learnedIss is the iss for error redirects taken from discovery; nil
 	// until known ("" when the upstream does not promise RFC 9207).
 	learnedIss atomic.Pointer[string]
-	probeMu    sync.Mutex
-	lastProbe  time.Time
+	// learnedMeta is the upstream discovery document's view of this
+	// authorization endpoint (issuer, token endpoint, advertised PAR URL).
+	learnedMeta atomic.Pointer[metadataInfo]
+	probeMu     sync.Mutex
+	lastProbe   time.Time
 }
 
 // serveHTTP routes by exact path: node-oidc-provider and others serve
@@ -45,7 +64,10 @@ type gateway struct {
 func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHandler) error {
 	switch p := r.URL.Path; {
 	case p == g.parEndpoint:
-		g.servePAR(w, r)
+		g.servePAR(w, r, next)
+		return nil
+	case g.serverKeys != nil && p == g.jwksPath:
+		g.serveJWKS(w, r)
 		return nil
 	case p == g.authorizationEndpoint:
 		return g.serveAuthorize(w, r, next)
@@ -57,6 +79,59 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 }
 
 func (g *gateway) storeKey(ref string) string { return g.partition + ref }
+
+// audiences are the values a client assertion sent to this PAR endpoint
+// may carry as aud (RFC 9126 §2): the issuer, the token endpoint, and the
+// PAR endpoint's URL as the client addressed it, as discovery advertises
+// it, and as its mTLS alias.
+func (g *gateway) audiences(r *http.Request, next nextHandler) audiences {
+	var a audiences
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	a.urls = append(a.urls, scheme+"://"+strings.ToLower(r.Host)+g.parEndpoint)
+	meta := g.learnedMeta.Load()
+	if meta == nil && g.issuer == "" {
+		g.probeDiscovery(r, next)
+		meta = g.learnedMeta.Load()
+	}
+	a.issuer = g.issuer
+	if meta != nil {
+		if a.issuer == "" {
+			a.issuer = meta.issuer
+		}
+		for _, u := range []string{meta.parURL, meta.tokenEndpoint} {
+			if u != "" && !slices.Contains(a.urls, u) {
+				a.urls = append(a.urls, u)
+			}
+		}
+	}
+	if g.mtlsEndpoint != "" && !slices.Contains(a.urls, g.mtlsEndpoint) {
+		a.urls = append(a.urls, g.mtlsEndpoint)
+	}
+	return a
+}
+
+// serveJWKS serves the public halves of the gateway's request-object
+// encryption keys (RFC 9101 §6.1 needs clients to find them).
+func (g *gateway) serveJWKS(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		e := newError(http.StatusMethodNotAllowed, ErrInvalidRequest, "the JWKS accepts GET and HEAD")
+		e.header = http.Header{"Allow": {"GET, HEAD"}}
+		writeJSONError(w, e)
+		return
+	}
+	b := g.serverKeys.publicJWKS()
+	h := w.Header()
+	h.Set("Content-Type", "application/jwk-set+json")
+	h.Set("Cache-Control", "public, max-age=300")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(b)
+	}
+}
 
 // logOutcome writes the one log line of a PAR or authorization outcome.
 // Never parameter values or whole request_uris: only a short fingerprint of

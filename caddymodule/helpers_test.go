@@ -26,7 +26,7 @@ func newTestGateway(t testing.TB, mod func(g *gateway)) *gateway {
 		if err := c.validate(); err != nil {
 			t.Fatal(err)
 		}
-		clients[c.ClientID] = newClient(c)
+		clients[c.ClientID] = mustClient(t, c)
 	}
 	g := &gateway{
 		authorizationEndpoint: "/authorize",
@@ -44,6 +44,19 @@ func newTestGateway(t testing.TB, mod func(g *gateway)) *gateway {
 		mod(g)
 	}
 	return g
+}
+
+// mustClient provisions a client config for a test.
+func mustClient(t testing.TB, c ClientConfig) *client {
+	t.Helper()
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := newClient(c, keySource{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
 }
 
 // validPush is a push of web-app that passes validation.
@@ -73,7 +86,7 @@ func parRequest(form url.Values, user, pass string) *http.Request {
 // pushOK pushes a valid request and returns the issued request_uri.
 func pushOK(t testing.TB, g *gateway, form url.Values) string {
 	t.Helper()
-	_, resp, oerr := g.push(parRequest(form, "web-app", testSecret))
+	_, resp, oerr := g.push(parRequest(form, "web-app", testSecret), nil)
 	if oerr != nil {
 		t.Fatalf("push failed: %v", oerr)
 	}

@@ -103,25 +103,60 @@ func (g *gateway) decodeAndRewrite(encoding string, body []byte) ([]byte, metada
 	if len(body) > maxMetadataSize {
 		return nil, metadataInfo{}, errors.New("document too large")
 	}
-	return rewriteMetadata(body, g.parEndpoint, g.requirePAR)
+	return rewriteMetadata(body, g.parEndpoint, g.requirePAR, g.advertise)
 }
 
 // metadataInfo is what the gateway learns from a discovery document.
 type metadataInfo struct {
 	issuer                string
 	authorizationEndpoint string
+	tokenEndpoint         string
 	issParameterSupported bool
+	// parURL is the PAR endpoint as the rewritten document advertises it.
+	parURL string
+}
+
+// advertisement is what the gateway adds to discovery for what it
+// enforces at its PAR endpoint. It is fixed at provision.
+type advertisement struct {
+	// members replace the upstream's members of the same name, in order.
+	members []member
+	// mtls adds mtls_endpoint_aliases.pushed_authorization_request_endpoint
+	// (RFC 8705 §5): mtlsURL, or the PAR URL when that is "".
+	mtls    bool
+	mtlsURL string
+	// jwksPath is advertised as jwks_uri when the upstream has none.
+	jwksPath string
+}
+
+// member is one top-level metadata member: a name and its JSON value.
+type member struct {
+	name  string
+	value json.RawMessage
+}
+
+func (a advertisement) member(name string) (json.RawMessage, bool) {
+	for _, m := range a.members {
+		if m.name == name {
+			return m.value, true
+		}
+	}
+	return nil, false
 }
 
 // rewriteMetadata sets pushed_authorization_request_endpoint and
 // require_pushed_authorization_requests (RFC 9126 §5) in a metadata
-// document. Every other member keeps its place and its exact value, except
-// an upstream's own PAR endpoint, which is dropped wherever it is
-// advertised (also as an RFC 8705 mTLS alias): clients must push to us.
-func rewriteMetadata(doc []byte, parPath string, requirePAR bool) ([]byte, metadataInfo, error) {
+// document, and the members of adv. Every other member keeps its place and
+// its exact value, except an upstream's own PAR endpoint, which is dropped
+// wherever it is advertised (also as an RFC 8705 mTLS alias): clients must
+// push to us.
+func rewriteMetadata(doc []byte, parPath string, requirePAR bool, adv advertisement) ([]byte, metadataInfo, error) {
 	var info metadataInfo
-	var walkErr error
+	hasJWKS := false
 	out, err := filterObject(doc, func(key string, raw json.RawMessage) (json.RawMessage, bool) {
+		if _, ours := adv.member(key); ours {
+			return nil, false
+		}
 		switch key {
 		case "pushed_authorization_request_endpoint", "require_pushed_authorization_requests":
 			return nil, false
@@ -129,48 +164,110 @@ func rewriteMetadata(doc []byte, parPath string, requirePAR bool) ([]byte, metad
 			_ = json.Unmarshal(raw, &info.issuer)
 		case "authorization_endpoint":
 			_ = json.Unmarshal(raw, &info.authorizationEndpoint)
+		case "token_endpoint":
+			_ = json.Unmarshal(raw, &info.tokenEndpoint)
 		case "authorization_response_iss_parameter_supported":
 			_ = json.Unmarshal(raw, &info.issParameterSupported)
-		case "mtls_endpoint_aliases":
-			dropped := false
-			aliases, err := filterObject(raw, func(k string, v json.RawMessage) (json.RawMessage, bool) {
-				if k == "pushed_authorization_request_endpoint" {
-					dropped = true
-					return nil, false
-				}
-				return v, true
-			})
-			if err != nil {
-				walkErr = err
-			}
-			if err != nil || !dropped {
-				return raw, true
-			}
-			return append(aliases, '}'), true
+		case "jwks_uri":
+			hasJWKS = true
 		}
 		return raw, true
 	})
 	if err != nil {
 		return nil, info, err
 	}
-	if walkErr != nil {
-		return nil, info, walkErr
-	}
 	ae, err := url.Parse(info.authorizationEndpoint)
 	if err != nil || ae.Scheme == "" || ae.Host == "" {
 		return nil, info, errors.New("no absolute authorization_endpoint")
 	}
-	par := (&url.URL{Scheme: ae.Scheme, Host: ae.Host, Path: parPath}).String()
-	parJSON, _ := json.Marshal(par)
-	if len(out) > 1 {
-		out = append(out, ',')
+	origin := &url.URL{Scheme: ae.Scheme, Host: ae.Host}
+	info.parURL = origin.JoinPath(parPath).String()
+	// The aliases object: the upstream's PAR alias goes, ours comes when
+	// mTLS clients are configured.
+	out, err = rewriteMember(out, "mtls_endpoint_aliases", func(raw json.RawMessage) (json.RawMessage, error) {
+		return rewriteAliases(raw, adv, info.parURL)
+	})
+	if err != nil {
+		return nil, info, err
 	}
-	out = append(out, `"pushed_authorization_request_endpoint":`...)
-	out = append(out, parJSON...)
-	out = append(out, `,"require_pushed_authorization_requests":`...)
-	out = strconv.AppendBool(out, requirePAR)
+	add := func(name string, value []byte) {
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		k, _ := json.Marshal(name)
+		out = append(out, k...)
+		out = append(out, ':')
+		out = append(out, value...)
+	}
+	parJSON, _ := json.Marshal(info.parURL)
+	add("pushed_authorization_request_endpoint", parJSON)
+	add("require_pushed_authorization_requests", strconv.AppendBool(nil, requirePAR))
+	for _, m := range adv.members {
+		add(m.name, m.value)
+	}
+	if adv.jwksPath != "" && !hasJWKS {
+		j, _ := json.Marshal(origin.JoinPath(adv.jwksPath).String())
+		add("jwks_uri", j)
+	}
+	if adv.mtls && !bytes.Contains(out, []byte(`"mtls_endpoint_aliases":`)) {
+		aliases, _ := rewriteAliases(json.RawMessage(`{}`), adv, info.parURL)
+		add("mtls_endpoint_aliases", aliases)
+	}
 	out = append(out, '}')
 	return out, info, nil
+}
+
+// rewriteAliases drops the upstream's PAR alias from an
+// mtls_endpoint_aliases object and adds ours when adv asks for it.
+func rewriteAliases(raw json.RawMessage, adv advertisement, parURL string) (json.RawMessage, error) {
+	dropped := false
+	out, err := filterObject(raw, func(k string, v json.RawMessage) (json.RawMessage, bool) {
+		if k == "pushed_authorization_request_endpoint" {
+			dropped = true
+			return nil, false
+		}
+		return v, true
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !dropped && !adv.mtls {
+		return raw, nil // nothing to change: keep the upstream's bytes
+	}
+	if adv.mtls {
+		u := adv.mtlsURL
+		if u == "" {
+			u = parURL
+		}
+		j, _ := json.Marshal(u)
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(out, `"pushed_authorization_request_endpoint":`...)
+		out = append(out, j...)
+	}
+	return append(out, '}'), nil
+}
+
+// rewriteMember replaces the value of the top-level member name in an
+// object under construction (no closing brace), if it is there.
+func rewriteMember(open []byte, name string, f func(json.RawMessage) (json.RawMessage, error)) ([]byte, error) {
+	if !bytes.Contains(open, []byte(`"`+name+`":`)) {
+		return open, nil
+	}
+	var err error
+	out, ferr := filterObject(append(open, '}'), func(k string, v json.RawMessage) (json.RawMessage, bool) {
+		if k != name || err != nil {
+			return v, true
+		}
+		var nv json.RawMessage
+		nv, err = f(v)
+		return nv, true
+	})
+	if ferr != nil {
+		return nil, ferr
+	}
+	return out, err
 }
 
 // filterObject copies the members of the JSON object doc that keep returns
@@ -222,6 +319,9 @@ func (g *gateway) learnIssuer(info metadataInfo) {
 	if err != nil || ae.Path != g.authorizationEndpoint || info.issuer == "" {
 		return
 	}
+	if cur := g.learnedMeta.Load(); cur == nil || *cur != info {
+		g.learnedMeta.Store(&info)
+	}
 	iss := ""
 	if info.issParameterSupported {
 		iss = info.issuer
@@ -264,11 +364,11 @@ const (
 func (g *gateway) probeDiscovery(r *http.Request, next nextHandler) {
 	// One probe at a time; concurrent rejections do not wait behind a slow
 	// upstream, they go out without iss.
-	if !g.probeMu.TryLock() {
+	if next == nil || !g.probeMu.TryLock() {
 		return
 	}
 	defer g.probeMu.Unlock()
-	if g.learnedIss.Load() != nil || (!g.lastProbe.IsZero() && g.now().Sub(g.lastProbe) < probeRetry) {
+	if g.learnedMeta.Load() != nil || (!g.lastProbe.IsZero() && g.now().Sub(g.lastProbe) < probeRetry) {
 		return
 	}
 	g.lastProbe = g.now()

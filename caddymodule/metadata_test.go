@@ -35,7 +35,7 @@ func TestRewriteMetadataKeepsMembersAndOrder(t *testing.T) {
   "mtls_endpoint_aliases": {"token_endpoint": "https://mtls.idp.example/token"},
   "number": 1.50
 }`)
-	out, info, err := rewriteMetadata(doc, "/par", true)
+	out, info, err := rewriteMetadata(doc, "/par", true, advertisement{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,7 +50,7 @@ func TestRewriteMetadataKeepsMembersAndOrder(t *testing.T) {
 
 func TestRewriteMetadataRefusesNonMetadata(t *testing.T) {
 	for _, doc := range []string{`[]`, `{"issuer":"x"}`, `{"authorization_endpoint":"/relative"}`, `{"a":1} {"b":2}`, `{"a":`} {
-		if _, _, err := rewriteMetadata([]byte(doc), "/par", false); err == nil {
+		if _, _, err := rewriteMetadata([]byte(doc), "/par", false, advertisement{}); err == nil {
 			t.Errorf("rewrote %s", doc)
 		}
 	}
@@ -79,7 +79,7 @@ func newGzipWriter(w *bytes.Buffer) *gzip.Writer { return gzip.NewWriter(w) }
 
 func TestRewriteMetadataDropsUpstreamMTLSPARAlias(t *testing.T) {
 	doc := `{"authorization_endpoint":"https://idp.example/auth","mtls_endpoint_aliases":{"token_endpoint":"https://idp.example/token","pushed_authorization_request_endpoint":"https://idp.example/ext/par/request"}}`
-	out, _, err := rewriteMetadata([]byte(doc), "/par", false)
+	out, _, err := rewriteMetadata([]byte(doc), "/par", false, advertisement{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,13 +5,18 @@ package caddymodule
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/go-jose/go-jose/v4"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -28,6 +33,11 @@ const (
 	MinLifetime           = 5 * time.Second   // RFC 9126 §7.1 guidance: 5..600 s
 	MaxLifetime           = 600 * time.Second //
 	DefaultMaxRequestSize = 64 << 10
+
+	DefaultClockSkew                = 10 * time.Second
+	MaxClockSkew                    = 59 * time.Second // FAPI 2.0 §5.3.2.1: 60 s ahead is rejected
+	DefaultAssertionMaxLifetime     = 5 * time.Minute
+	DefaultRequestObjectMaxLifetime = 60 * time.Minute // FAPI 2.0 Message Signing §5.3.1
 )
 
 // Handler is the oauth_par HTTP handler. Placed before reverse_proxy in the
@@ -128,8 +138,21 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 // Provision applies defaults, expands client secrets and sets up the store.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	h.applyProfile()
 	if h.PAREndpoint == "" {
 		h.PAREndpoint = DefaultPAREndpoint
+	}
+	if h.ClockSkew == 0 {
+		h.ClockSkew = caddy.Duration(DefaultClockSkew)
+	}
+	if h.AssertionMaxLifetime == 0 {
+		h.AssertionMaxLifetime = caddy.Duration(DefaultAssertionMaxLifetime)
+	}
+	if h.RequestObjectMaxLifetime == 0 {
+		h.RequestObjectMaxLifetime = caddy.Duration(DefaultRequestObjectMaxLifetime)
+	}
+	if enc := h.RequestObjectEncryption; enc != nil && enc.JWKSPath == "" {
+		enc.JWKSPath = h.PAREndpoint + "/jwks"
 	}
 	if h.RequestURILifetime == 0 {
 		h.RequestURILifetime = caddy.Duration(DefaultLifetime)
@@ -154,10 +177,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("oauth_par: store: module %T is not a pushed request store", mod)
 	}
 
+	// Entries are partitioned per endpoint pair, so that two sites sharing
+	// the same store cannot redeem each other's request_uris.
+	p := sha256.Sum256([]byte(h.AuthorizationEndpoint + "\x00" + h.PAREndpoint))
+	partition := base64.RawURLEncoding.EncodeToString(p[:9]) + "/"
+
 	// {env.*} and {file.*} in secrets are expanded now, so they never show
 	// in the admin API's config.
 	repl := caddy.NewReplacer()
+	ks := keySource{remote: remoteKeySetOptions{Timeout: jwksFetchTimeout}}
 	clients := make(map[string]*client, len(h.Clients))
+	anyKeys, anyMTLS := false, false
 	for _, c := range h.Clients {
 		if c.Secret != "" {
 			s, err := repl.ReplaceOrErr(c.Secret, true, true)
@@ -166,28 +196,190 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			}
 			c.Secret = s
 		}
-		clients[c.ClientID] = newClient(c)
+		if err := c.validate(); err != nil {
+			return fmt.Errorf("oauth_par: %w", err)
+		}
+		cl, err := newClient(c, ks)
+		if err != nil {
+			return fmt.Errorf("oauth_par: %w", err)
+		}
+		cl.requirePKCE = cl.requirePKCE || h.fapi2()
+		clients[c.ClientID] = cl
+		anyKeys = anyKeys || cl.keys != nil
+		anyMTLS = anyMTLS || cl.authMethods[AuthTLSClientAuth] || cl.authMethods[AuthSelfSignedTLSClientAuth]
 	}
 
-	// Entries are partitioned per endpoint pair, so that two sites sharing
-	// the same store cannot redeem each other's request_uris.
-	p := sha256.Sum256([]byte(h.AuthorizationEndpoint + "\x00" + h.PAREndpoint))
+	defAlgs := defaultSigningAlgNames
+	if h.fapi2() {
+		defAlgs = fapi2Algs
+	}
+	assertionAlgs, err := signingAlgs("client_assertion_signing_algs", h.ClientAssertionSigningAlgs, defAlgs)
+	if err != nil {
+		return err
+	}
+	roAlgs, err := signingAlgs("request_object_signing_algs", h.RequestObjectSigningAlgs, defAlgs)
+	if err != nil {
+		return err
+	}
+	dpopAlgs, err := signingAlgs("dpop_signing_algs", h.DPoPSigningAlgs, defAlgs)
+	if err != nil {
+		return err
+	}
+	times := jwtTimes{Skew: time.Duration(h.ClockSkew), Now: time.Now}
+
+	var clientCAs *x509.CertPool
+	if h.ClientCAFile != "" {
+		pem, err := os.ReadFile(h.ClientCAFile)
+		if err != nil {
+			return fmt.Errorf("oauth_par: client_ca_file: %v", err)
+		}
+		clientCAs = x509.NewCertPool()
+		if !clientCAs.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("oauth_par: client_ca_file: %s holds no PEM certificate", h.ClientCAFile)
+		}
+	}
+
+	adv := advertisement{mtls: anyMTLS, mtlsURL: h.MTLSEndpoint}
+	if anyKeys {
+		adv.members = append(adv.members, member{"request_object_signing_alg_values_supported", jsonStrings(roAlgs)})
+	}
+	if h.RequireSignedRequestObject {
+		adv.members = append(adv.members, member{"require_signed_request_object", json.RawMessage("true")})
+	}
+	if len(h.DPoPSigningAlgs) > 0 {
+		adv.members = append(adv.members, member{"dpop_signing_alg_values_supported", jsonStrings(dpopAlgs)})
+	}
+	var sk *serverKeys
+	var jwksPath string
+	if enc := h.RequestObjectEncryption; enc != nil {
+		algs, encs, err := encryptionAlgs(enc)
+		if err != nil {
+			return err
+		}
+		if enc.KeyFile != "" {
+			sk, err = newServerKeysFromFile(enc.KeyFile, algs, encs)
+		} else {
+			sk, err = loadOrCreateServerKeys(ctx, ctx.Storage(), "oauth_par/request_object_keys/"+partition+"jwks.json", algs, encs)
+		}
+		if err != nil {
+			return fmt.Errorf("oauth_par: request_object_encryption: %w", err)
+		}
+		jwksPath = enc.JWKSPath
+		adv.jwksPath = jwksPath
+		adv.members = append(adv.members,
+			member{"request_object_encryption_alg_values_supported", jsonStrings(algs)},
+			member{"request_object_encryption_enc_values_supported", jsonStrings(encs)})
+	}
+
 	h.gw = &gateway{
-		authorizationEndpoint: h.AuthorizationEndpoint,
-		parEndpoint:           h.PAREndpoint,
-		lifetime:              time.Duration(h.RequestURILifetime),
-		requirePAR:            h.RequirePAR,
-		maxRequestSize:        h.MaxRequestSize,
-		forwardPOST:           h.ForwardMethod == http.MethodPost,
-		issuer:                h.Issuer,
-		clients:               clients,
-		auth:                  &clientAuthenticator{clients: clients},
-		store:                 sp.Store(),
-		partition:             base64.RawURLEncoding.EncodeToString(p[:9]) + "/",
-		logger:                ctx.Logger(),
-		now:                   time.Now,
+		authorizationEndpoint:      h.AuthorizationEndpoint,
+		parEndpoint:                h.PAREndpoint,
+		lifetime:                   time.Duration(h.RequestURILifetime),
+		requirePAR:                 h.RequirePAR,
+		maxRequestSize:             h.MaxRequestSize,
+		forwardPOST:                h.ForwardMethod == http.MethodPost,
+		issuer:                     h.Issuer,
+		mtlsEndpoint:               h.MTLSEndpoint,
+		requireSignedRequestObject: h.RequireSignedRequestObject,
+		requestObjectPolicy: requestObjectPolicy{
+			Algs:        roAlgs,
+			MaxLifetime: time.Duration(h.RequestObjectMaxLifetime),
+			RequireTyp:  h.RequireRequestObjectTyp,
+			Times:       times,
+		},
+		dpopPolicy: dpopPolicy{Algs: dpopAlgs, MaxAge: dpopMaxAge, Times: times},
+		serverKeys: sk,
+		jwksPath:   jwksPath,
+		advertise:  adv,
+		clients:    clients,
+		auth: &clientAuthenticator{
+			clients:     clients,
+			claims:      sp.Store(),
+			claimPrefix: partition,
+			algs:        assertionAlgs,
+			maxLifetime: time.Duration(h.AssertionMaxLifetime),
+			times:       times,
+			issuerOnly:  h.fapi2(),
+			clientCAs:   clientCAs,
+		},
+		store:     sp.Store(),
+		partition: partition,
+		logger:    ctx.Logger(),
+		now:       time.Now,
+	}
+	if sk != nil {
+		h.gw.requestObjectPolicy.Decrypt = sk.decrypt
 	}
 	return nil
+}
+
+// jwksFetchTimeout bounds one fetch of a client's jwks_uri; dpopMaxAge is
+// how old a DPoP proof's iat may be (RFC 9449 §11.1).
+const (
+	jwksFetchTimeout = 3 * time.Second
+	dpopMaxAge       = 60 * time.Second
+)
+
+// defaultSigningAlgNames are the JWS algorithms accepted by default for
+// client assertions, request objects and DPoP proofs.
+var defaultSigningAlgNames = []string{"PS256", "ES256", "EdDSA", "RS256"}
+
+// asymmetricAlgs are the JWS algorithms that may be allow-listed: never
+// none, never HMAC (a public key must not become an HMAC secret).
+var asymmetricAlgs = []jose.SignatureAlgorithm{
+	jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512,
+	jose.ES256, jose.ES384, jose.ES512, jose.EdDSA,
+}
+
+// signingAlgs turns a configured allow-list into go-jose algorithms.
+func signingAlgs(directive string, names, def []string) ([]jose.SignatureAlgorithm, error) {
+	if len(names) == 0 {
+		names = def
+	}
+	out := make([]jose.SignatureAlgorithm, 0, len(names))
+	for _, n := range names {
+		a := jose.SignatureAlgorithm(n)
+		if !slices.Contains(asymmetricAlgs, a) {
+			return nil, fmt.Errorf("oauth_par: %s: %q is not an allowed algorithm (asymmetric JWS algorithms only: RS256..512, PS256..512, ES256..512, EdDSA)", directive, n)
+		}
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// encryptionAlgs turns request_object_encryption's allow-lists into
+// go-jose algorithms.
+func encryptionAlgs(enc *EncryptionConfig) ([]jose.KeyAlgorithm, []jose.ContentEncryption, error) {
+	allowedAlgs := []jose.KeyAlgorithm{jose.RSA_OAEP_256, jose.ECDH_ES, jose.ECDH_ES_A128KW, jose.ECDH_ES_A256KW}
+	allowedEncs := []jose.ContentEncryption{jose.A128GCM, jose.A256GCM}
+	algs, encs := allowedAlgs, allowedEncs
+	if len(enc.Algs) > 0 {
+		algs = nil
+		for _, n := range enc.Algs {
+			if !slices.Contains(allowedAlgs, jose.KeyAlgorithm(n)) {
+				return nil, nil, fmt.Errorf("oauth_par: request_object_encryption: algs: %q is not supported (RSA-OAEP-256, ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW)", n)
+			}
+			algs = append(algs, jose.KeyAlgorithm(n))
+		}
+	}
+	if len(enc.Encs) > 0 {
+		encs = nil
+		for _, n := range enc.Encs {
+			if !slices.Contains(allowedEncs, jose.ContentEncryption(n)) {
+				return nil, nil, fmt.Errorf("oauth_par: request_object_encryption: encs: %q is not supported (A128GCM, A256GCM)", n)
+			}
+			encs = append(encs, jose.ContentEncryption(n))
+		}
+	}
+	return algs, encs, nil
+}
+
+// jsonStrings is a JSON array of the values' string forms.
+func jsonStrings[T ~string](vs []T) json.RawMessage {
+	b, _ := json.Marshal(vs)
+	return b
 }
 
 // Validate checks the configuration; messages name the Caddyfile
@@ -228,6 +420,25 @@ func (h *Handler) validate() error {
 			return fmt.Errorf("issuer: %q must be an absolute URL without query or fragment", h.Issuer)
 		}
 	}
+	if sk := time.Duration(h.ClockSkew); sk < 0 || sk > MaxClockSkew {
+		return fmt.Errorf("clock_skew: %s is outside 0..%s", sk, MaxClockSkew)
+	}
+	if lt := time.Duration(h.AssertionMaxLifetime); lt <= 0 || lt > time.Hour {
+		return fmt.Errorf("assertion_max_lifetime: %s is outside 1s..1h", lt)
+	}
+	if lt := time.Duration(h.RequestObjectMaxLifetime); lt <= 0 || lt > time.Hour {
+		return fmt.Errorf("request_object_max_lifetime: %s is outside 1s..60m (FAPI 2.0 Message Signing: at most 60 minutes)", lt)
+	}
+	if h.MTLSEndpoint != "" {
+		if u, err := url.Parse(h.MTLSEndpoint); err != nil || u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("mtls_endpoint: %q must be an absolute https URL", h.MTLSEndpoint)
+		}
+	}
+	if enc := h.RequestObjectEncryption; enc != nil {
+		if p := enc.JWKSPath; !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?#") || p == h.PAREndpoint || p == h.AuthorizationEndpoint {
+			return fmt.Errorf("request_object_encryption: jwks_path: %q must be a path of its own starting with /", p)
+		}
+	}
 	seen := map[string]bool{}
 	for _, c := range h.Clients {
 		if seen[c.ClientID] {
@@ -238,7 +449,7 @@ func (h *Handler) validate() error {
 			return err
 		}
 	}
-	return nil
+	return h.checkProfile()
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.

@@ -1,8 +1,11 @@
 package caddymodule
 
 import (
+	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -60,8 +63,8 @@ type parResponse struct {
 }
 
 // servePAR is the pushed authorization request endpoint (RFC 9126 §2).
-func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request) {
-	clientID, resp, oerr := g.push(r)
+func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request, next nextHandler) {
+	clientID, resp, oerr := g.push(r, next)
 	if oerr != nil {
 		g.logOutcome("par", clientID, "rejected", oerr.Code, "")
 		writeJSONError(w, oerr)
@@ -79,8 +82,9 @@ func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request) {
 }
 
 // push runs the RFC 9126 §2.1 steps in order: authenticate the client,
-// reject request_uri, validate the request, then store it.
-func (g *gateway) push(r *http.Request) (clientID string, _ *parResponse, _ *oauthError) {
+// reject request_uri, unpack a request object (§3), check the DPoP key
+// binding (RFC 9449 §10), validate the request, then store it.
+func (g *gateway) push(r *http.Request, next nextHandler) (clientID string, _ *parResponse, _ *oauthError) {
 	if r.Method != http.MethodPost {
 		e := newError(http.StatusMethodNotAllowed, ErrInvalidRequest, "the PAR endpoint accepts only POST")
 		e.header = http.Header{"Allow": {http.MethodPost}}
@@ -96,32 +100,124 @@ func (g *gateway) push(r *http.Request) (clientID string, _ *parResponse, _ *oau
 			return "", nil, badRequest(ErrInvalidRequest, "parameter "+strconv.Quote(k)+" is repeated")
 		}
 	}
-	c, _, oerr := g.auth.authenticate(r, form)
+	// The audiences (issuer, endpoint URLs) are only needed to check JWTs;
+	// a secret-authenticated plain push does not look them up.
+	var aud audiences
+	if form.Has("client_assertion") || form.Has("request") || r.Header.Get("DPoP") != "" {
+		aud = g.audiences(r, next)
+	}
+	c, _, oerr := g.auth.authenticate(r, form, aud)
 	if oerr != nil {
 		return logID(form.Get("client_id")), nil, oerr
 	}
-	if oerr := validatePush(c, form); oerr != nil {
+	// RFC 9126 §2.1: request_uri MUST NOT be provided in a push.
+	if form.Has("request_uri") {
+		return c.id, nil, badRequest(ErrInvalidRequest, "request_uri must not be used at the PAR endpoint")
+	}
+	params, fromObject := form, false
+	if form.Has("request") {
+		// RFC 9126 §3, RFC 9101 §6.3: only the object's parameters count;
+		// outer ones other than client authentication are ignored.
+		if params, oerr = g.requestObject(r.Context(), c, form.Get("request"), aud.issuer); oerr != nil {
+			return c.id, nil, oerr
+		}
+		fromObject = true
+	} else if g.requireSignedRequestObject || c.requireSignedRequestObject {
+		// RFC 9101 §10.5.
+		return c.id, nil, badRequest(ErrInvalidRequest, "a signed request object (the request parameter) is required for this client")
+	}
+	jkt, oerr := g.dpopBinding(r, c, params, aud)
+	if oerr != nil {
+		return c.id, nil, oerr
+	}
+	if oerr := validatePush(c, params); oerr != nil {
 		return c.id, nil, oerr
 	}
 
+	var stored string
+	switch {
+	case fromObject:
+		if jkt != "" {
+			params.Set("dpop_jkt", jkt)
+		}
+		stored = params.Encode()
+	default:
+		stored = storedParams(body)
+		if jkt != "" && !params.Has("dpop_jkt") {
+			stored += "&dpop_jkt=" + jkt
+		}
+	}
 	ref, err := newRef()
 	if err != nil {
 		g.logger.Error("generating request_uri failed", zap.Error(err))
 		return c.id, nil, newError(http.StatusInternalServerError, ErrServerError, "could not issue a request_uri")
 	}
 	expires := g.now().Add(g.lifetime)
-	err = g.store.Put(r.Context(), g.storeKey(ref), PushedRequest{ClientID: c.id, Params: storedParams(body), ExpiresAt: expires})
+	err = g.store.Put(r.Context(), g.storeKey(ref), PushedRequest{ClientID: c.id, Params: stored, ExpiresAt: expires})
 	if err != nil {
 		// A request_uri is only issued when it will work until it expires.
 		// A full store is an expected outcome, logged as such by the caller.
 		if !errors.Is(err, ErrStoreUnavailable) {
 			g.logger.Error("storing pushed request failed", zap.Error(err))
 		}
-		e := newError(http.StatusServiceUnavailable, ErrTemporarilyUnavailable, "the pushed request could not be stored; retry later")
-		e.header = http.Header{"Retry-After": {"1"}}
-		return c.id, nil, e
+		return c.id, nil, unavailable("the pushed request could not be stored")
 	}
 	return c.id, &parResponse{RequestURI: requestURIPrefix + ref, ExpiresIn: int64(g.lifetime / time.Second)}, nil
+}
+
+// requestObject verifies a pushed request object and returns its
+// parameters (RFC 9101 §6, RFC 9126 §3).
+func (g *gateway) requestObject(ctx context.Context, c *client, raw, issuer string) (url.Values, *oauthError) {
+	if c.keys == nil {
+		return nil, badRequest(ErrInvalidRequestObject, "request objects need the client's keys, and none are registered")
+	}
+	if issuer == "" {
+		return nil, unavailable("the issuer is not known yet, so request objects cannot be checked; set 'issuer'")
+	}
+	p := g.requestObjectPolicy
+	p.Issuer = issuer
+	params, err := decodeRequestObject(ctx, raw, c.id, c.keys, p)
+	if err != nil {
+		return nil, badRequest(ErrInvalidRequestObject, "request object rejected: "+err.Error())
+	}
+	return params, nil
+}
+
+// dpopBinding checks the key the push binds its tokens to (RFC 9449 §10):
+// a DPoP proof header, a dpop_jkt parameter, or both when they agree. It
+// returns the proof key's thumbprint ("" without a proof).
+func (g *gateway) dpopBinding(r *http.Request, c *client, params url.Values, aud audiences) (string, *oauthError) {
+	pushed := params.Get("dpop_jkt")
+	if pushed != "" && (len(pushed) != 43 || !isBase64URL(pushed)) {
+		return "", badRequest(ErrInvalidRequest, "malformed dpop_jkt: a base64url SHA-256 JWK thumbprint is expected")
+	}
+	proofs := r.Header.Values("DPoP")
+	switch {
+	case len(proofs) > 1:
+		return "", badRequest(ErrInvalidDPoPProof, "more than one DPoP header")
+	case len(proofs) == 0:
+		if pushed == "" && c.requireDPoP {
+			return "", badRequest(ErrInvalidRequest, "this client must bind its tokens to a DPoP key: send a DPoP proof or dpop_jkt")
+		}
+		return "", nil
+	}
+	jkt, jti, until, err := verifyDPoPProof(proofs[0], http.MethodPost, aud.urls, g.dpopPolicy)
+	if err != nil {
+		return "", badRequest(ErrInvalidDPoPProof, "DPoP proof rejected: "+err.Error())
+	}
+	// RFC 9449 §10.1: both present and different is an error.
+	if pushed != "" && pushed != jkt {
+		return "", badRequest(ErrInvalidDPoPProof, "dpop_jkt does not match the key of the DPoP proof")
+	}
+	// RFC 9449 §11.1: a proof is used once.
+	sum := sha256.Sum256([]byte(jti))
+	switch err := g.store.Claim(r.Context(), g.partition+"dpop/"+hex.EncodeToString(sum[:16]), until); {
+	case errors.Is(err, ErrReplay):
+		return "", badRequest(ErrInvalidDPoPProof, "DPoP proof rejected: its jti was already used")
+	case err != nil:
+		return "", unavailable("the DPoP proof could not be recorded")
+	}
+	return jkt, nil
 }
 
 // readForm reads and parses the bounded application/x-www-form-urlencoded
@@ -223,12 +319,11 @@ func isClientAuthParam(k string) bool {
 // validatePush validates a pushed request as an authorization request
 // (RFC 9126 §2.1) for the authenticated client c.
 func validatePush(c *client, form url.Values) *oauthError {
-	// RFC 9126 §2.1: request_uri MUST NOT be provided in a push.
 	if form.Has("request_uri") {
 		return badRequest(ErrInvalidRequest, "request_uri must not be used at the PAR endpoint")
 	}
 	if form.Has("request") {
-		return badRequest(ErrRequestNotSupported, "request objects are not supported by this gateway")
+		return badRequest(ErrInvalidRequestObject, "a request object must not contain request")
 	}
 	// RFC 9126 §2.1: client_id is required in the body, also with HTTP
 	// Basic, and must be the authenticated client.
@@ -284,14 +379,14 @@ func isScopeToken(s string) bool {
 }
 
 // validatePKCE applies RFC 7636. Only S256 is accepted (RFC 9700 §2.1.1);
-// a public client must use it.
+// public clients, and every client under profile fapi2, must use it.
 func validatePKCE(c *client, challenge, method string) *oauthError {
 	if challenge == "" {
 		if method != "" {
 			return badRequest(ErrInvalidRequest, "code_challenge_method without code_challenge")
 		}
-		if c.public {
-			return badRequest(ErrInvalidRequest, "PKCE is required for public clients: code_challenge with code_challenge_method=S256")
+		if c.requirePKCE {
+			return badRequest(ErrInvalidRequest, "PKCE is required for this client: code_challenge with code_challenge_method=S256")
 		}
 		return nil
 	}

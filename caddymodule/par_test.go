@@ -17,7 +17,7 @@ func TestPushRejectsInvalidRequests(t *testing.T) {
 		code   string
 	}{
 		{"request_uri in body", func(v url.Values) { v.Set("request_uri", "urn:x") }, ErrInvalidRequest},
-		{"request object not supported yet", func(v url.Values) { v.Set("request", "eyJ.x.y") }, ErrRequestNotSupported},
+		{"request object from a client without keys", func(v url.Values) { v.Set("request", "eyJ.x.y") }, ErrInvalidRequestObject},
 		{"repeated parameter", func(v url.Values) { v.Add("scope", "email") }, ErrInvalidRequest},
 		{"client_id missing", func(v url.Values) { v.Del("client_id") }, ErrInvalidRequest},
 		{"client_id differs from Basic", func(v url.Values) { v.Set("client_id", "spa") }, ErrInvalidRequest},
@@ -38,7 +38,7 @@ func TestPushRejectsInvalidRequests(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			form := validPush()
 			tt.mutate(form)
-			_, _, oerr := g.push(parRequest(form, "web-app", testSecret))
+			_, _, oerr := g.push(parRequest(form, "web-app", testSecret), nil)
 			if oerr == nil || oerr.Code != tt.code || oerr.Status != http.StatusBadRequest {
 				t.Fatalf("got %v, want 400 %s", oerr, tt.code)
 			}
@@ -52,7 +52,7 @@ func TestPushAuthenticatesBeforeValidating(t *testing.T) {
 	g := newTestGateway(t, nil)
 	form := validPush()
 	form.Set("request_uri", "urn:x")
-	_, _, oerr := g.push(parRequest(form, "web-app", "wrong"))
+	_, _, oerr := g.push(parRequest(form, "web-app", "wrong"), nil)
 	if oerr == nil || oerr.Code != ErrInvalidClient || oerr.Status != http.StatusUnauthorized {
 		t.Fatalf("got %v, want 401 invalid_client", oerr)
 	}
@@ -66,12 +66,12 @@ func TestPublicClientNeedsS256(t *testing.T) {
 		"redirect_uri":  {"http://127.0.0.1/cb"},
 	}
 	noPKCE := parRequest(base, "", "")
-	if _, _, oerr := g.push(noPKCE); oerr == nil || oerr.Code != ErrInvalidRequest {
+	if _, _, oerr := g.push(noPKCE, nil); oerr == nil || oerr.Code != ErrInvalidRequest {
 		t.Fatalf("public client without PKCE: got %v", oerr)
 	}
 	base.Set("code_challenge", "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGjSstw-cM")
 	base.Set("code_challenge_method", "S256")
-	if _, resp, oerr := g.push(parRequest(base, "", "")); oerr != nil || resp == nil {
+	if _, resp, oerr := g.push(parRequest(base, "", ""), nil); oerr != nil || resp == nil {
 		t.Fatalf("public client with S256: got %v", oerr)
 	}
 }
@@ -82,7 +82,7 @@ func TestPushStoresParametersWithoutCredentials(t *testing.T) {
 	form.Set("client_secret", testSecret)
 	form.Set("prompt", "") // empty means omitted (RFC 6749 §3.1)
 	form.Set("claims", `{"id_token":{"acr":{"essential":true}}}`)
-	_, resp, oerr := g.push(parRequest(form, "", ""))
+	_, resp, oerr := g.push(parRequest(form, "", ""), nil)
 	if oerr != nil {
 		t.Fatal(oerr)
 	}
@@ -105,7 +105,7 @@ func TestPushStoresParametersWithoutCredentials(t *testing.T) {
 func TestPARSuccessResponseShape(t *testing.T) {
 	g := newTestGateway(t, nil)
 	w := httptest.NewRecorder()
-	g.servePAR(w, parRequest(validPush(), "web-app", testSecret))
+	g.servePAR(w, parRequest(validPush(), "web-app", testSecret), nil)
 	if w.Code != http.StatusCreated {
 		t.Fatalf("status %d: %s", w.Code, w.Body)
 	}
@@ -148,7 +148,7 @@ func TestPARErrorsAreNoStoreJSON(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := httptest.NewRecorder()
-			g.servePAR(w, tt.req)
+			g.servePAR(w, tt.req, nil)
 			if w.Code != tt.status {
 				t.Fatalf("status %d, want %d", w.Code, tt.status)
 			}
