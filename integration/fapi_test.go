@@ -409,6 +409,18 @@ func (f *fapiEnv) testDiscovery(t *testing.T) {
 	if l, _ := viaGW["request_object_encryption_enc_values_supported"].([]any); !slices.Contains(l, any(f.s.encEnc)) {
 		t.Errorf("request_object_encryption_enc_values_supported = %v, want it to contain %s", viaGW["request_object_encryption_enc_values_supported"], f.s.encEnc)
 	}
+	// The gateway's own (default) algorithms, not the upstream's list for
+	// its own keys (Keycloak advertises RSA1_5, A128CBC-HS256...).
+	subset := func(member string, allowed ...string) {
+		l, _ := viaGW[member].([]any)
+		for _, x := range l {
+			if !slices.Contains(allowed, fmt.Sprint(x)) {
+				t.Errorf("%s = %v: %v is not one of the gateway's defaults %v (upstream says %v)", member, l, x, allowed, direct[member])
+			}
+		}
+	}
+	subset("request_object_encryption_alg_values_supported", "RSA-OAEP-256", "ECDH-ES", "ECDH-ES+A128KW", "ECDH-ES+A256KW")
+	subset("request_object_encryption_enc_values_supported", "A128GCM", "A256GCM")
 	if viaGW["jwks_uri"] != direct["jwks_uri"] {
 		t.Errorf("jwks_uri = %v, want the upstream's %v (the upstream has one)", viaGW["jwks_uri"], direct["jwks_uri"])
 	}
