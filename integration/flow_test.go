@@ -71,6 +71,22 @@ type FlowEncryption struct {
 type FlowDPoP struct {
 	Alg          string `json:"alg"`
 	TokenRequest bool   `json:"tokenRequest"`
+	// NoPush leaves the proof off the push; JKTParam sends the key's
+	// thumbprint as the dpop_jkt parameter (RFC 9449 §10).
+	NoPush   bool `json:"-"`
+	JKTParam bool `json:"jktParam,omitempty"`
+}
+
+// MarshalJSON writes flow.mjs's "push" only when it is false.
+func (d FlowDPoP) MarshalJSON() ([]byte, error) {
+	type plain FlowDPoP
+	if d.NoPush {
+		return json.Marshal(struct {
+			plain
+			Push bool `json:"push"`
+		}{plain(d), false})
+	}
+	return json.Marshal(plain(d))
 }
 
 // decodedJWT is flow.mjs's decoding of a JWS (no verification).

@@ -257,6 +257,49 @@ func TestKeycloak(t *testing.T) {
 		}
 	})
 
+	// A pushed dpop_jkt (RFC 9449 §10, no DPoP header on the push) reaches
+	// Keycloak, which binds the code to that key: the token request carries
+	// a proof of it (client_secret_basic as always) and the access token is
+	// DPoP-bound. This is Keycloak's side of the fapi2 flows below, where
+	// the gateway forwards the thumbprint of the push's DPoP proof.
+	t.Run("pushed_dpop_jkt_binds_code_upstream", func(t *testing.T) {
+		dir := e.subtestDir(t)
+		cfg := e.flow("web-app")
+		cfg.Scope = "openid email profile"
+		cfg.DPoP = &FlowDPoP{Alg: "ES256", TokenRequest: true, NoPush: true, JKTParam: true}
+		r := runFlow(t, dir, cfg)
+		e.remember(r)
+		requireTokens(t, r)
+		e.checkPARFlow(t, r, "web-app")
+		if r.DPoP == nil || r.pushed("dpop_jkt") != r.DPoP.JKT || r.ParRequest.DPoP != nil {
+			t.Fatalf("pushed dpop_jkt %q, DPoP %+v, proof on the push %v", r.pushed("dpop_jkt"), r.DPoP, r.ParRequest.DPoP)
+		}
+		if r.Tokens.TokenType == nil || !strings.EqualFold(*r.Tokens.TokenType, "DPoP") {
+			t.Errorf("token_type = %v, want DPoP", r.Tokens.TokenType)
+		}
+		if jkt, _ := r.Tokens.AccessTokenCnf["jkt"].(string); jkt != r.DPoP.JKT {
+			t.Errorf("access token cnf = %v, want jkt %s", r.Tokens.AccessTokenCnf, r.DPoP.JKT)
+		}
+	})
+
+	// The same without a proof on the token request: Keycloak refuses the
+	// code. (A code bound by dpop_jkt needs a proof of that key.)
+	t.Run("pushed_dpop_jkt_token_without_proof_refused_upstream", func(t *testing.T) {
+		dir := e.subtestDir(t)
+		cfg := e.flow("web-app")
+		cfg.Scope = "openid email profile"
+		cfg.DPoP = &FlowDPoP{Alg: "ES256", TokenRequest: false, NoPush: true, JKTParam: true}
+		r := runFlow(t, dir, cfg)
+		e.remember(r)
+		if r.Outcome != "error" || r.Stage != "token" || !strings.Contains(fmt.Sprint(r.Error), "DPoP Proof missing") {
+			t.Fatalf("outcome=%s stage=%s error=%v, want Keycloak's DPoP Proof missing at the token request", r.Outcome, r.Stage, r.Error)
+		}
+		if !r.Callback.CodePresent {
+			t.Errorf("no code on the callback: %+v", r.Callback)
+		}
+		checkNothingPushedInBrowserURLs(t, r)
+	})
+
 	t.Run("gateway_log", e.checkGatewayLog)
 
 	// Last: the gateway is replaced by one with profile fapi2 on the same

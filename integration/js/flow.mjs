@@ -240,7 +240,17 @@ function loadConfig(file) {
     requestObjectEncryption: raw.requestObjectEncryption || null,
     // DPoP (RFC 9449): a proof on the push (RFC 9449 §10); tokenRequest
     // also on the token request (and refresh), with the same key.
-    dpop: raw.dpop ? { alg: raw.dpop.alg || 'ES256', tokenRequest: raw.dpop.tokenRequest !== false } : null,
+    // jktParam: also send the key's thumbprint as the dpop_jkt authorization
+    // request parameter (RFC 9449 §10); push: false leaves the proof off the
+    // push (then dpop_jkt is the only binding).
+    dpop: raw.dpop
+      ? {
+        alg: raw.dpop.alg || 'ES256',
+        tokenRequest: raw.dpop.tokenRequest !== false,
+        push: raw.dpop.push !== false,
+        jktParam: raw.dpop.jktParam === true,
+      }
+      : null,
   };
   let redirect;
   try {
@@ -498,10 +508,12 @@ async function runFlow(cfg, R, S) {
   let dpopToken;
   if (cfg.dpop) {
     const kp = await client.randomDPoPKeyPair(cfg.dpop.alg);
-    dpopPush = client.getDPoPHandle(config, kp);
-    if (cfg.dpop.tokenRequest) dpopToken = tokenConfig === config ? dpopPush : client.getDPoPHandle(tokenConfig, kp);
+    const handle = client.getDPoPHandle(config, kp);
+    if (cfg.dpop.push) dpopPush = handle;
+    if (cfg.dpop.tokenRequest) dpopToken = tokenConfig === config ? handle : client.getDPoPHandle(tokenConfig, kp);
     const pub = await crypto.subtle.exportKey('jwk', kp.publicKey);
-    R.dpop = { alg: cfg.dpop.alg, jkt: await jose.calculateJwkThumbprint(pub, 'sha256'), tokenRequest: !!cfg.dpop.tokenRequest };
+    R.dpop = { alg: cfg.dpop.alg, jkt: await jose.calculateJwkThumbprint(pub, 'sha256'), tokenRequest: cfg.dpop.tokenRequest, push: cfg.dpop.push, jktParam: cfg.dpop.jktParam };
+    if (cfg.dpop.jktParam) params.dpop_jkt = R.dpop.jkt;
   }
 
   let authUrl;
@@ -931,6 +943,12 @@ async function main() {
       refresh: cfg.refresh,
       verifyIdTokenSignature: cfg.verifyIdTokenSignature,
       timeoutMs: cfg.timeoutMs,
+      // No keys or secrets: algorithms and kids only.
+      clientKey: cfg.clientKey ? { alg: cfg.clientKey.alg, kid: cfg.clientKey.jwk.kid ?? null } : null,
+      tokenClientAuth: cfg.tokenClientAuth,
+      requestObjectKey: cfg.requestObjectKey ? { alg: cfg.requestObjectKey.alg, kid: cfg.requestObjectKey.jwk.kid ?? null } : null,
+      requestObjectEncryption: cfg.requestObjectEncryption,
+      dpop: cfg.dpop,
     },
     versions: {
       node: process.version,
