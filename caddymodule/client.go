@@ -239,23 +239,6 @@ func btoi(b bool) int {
 	return 0
 }
 
-// checkJWKSURI allows https, and http only on loopback (tests, sidecars).
-func checkJWKSURI(s string) error {
-	u, err := url.Parse(s)
-	if err != nil || u.Host == "" {
-		return fmt.Errorf("%q is not an absolute URL", s)
-	}
-	switch u.Scheme {
-	case "https":
-		return nil
-	case "http":
-		if isLoopbackHost(u.Hostname()) {
-			return nil
-		}
-	}
-	return fmt.Errorf("%q must be https (http only on loopback)", s)
-}
-
 // isLoopbackHost reports whether host is a loopback IP literal or
 // "localhost".
 func isLoopbackHost(host string) bool {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -202,6 +203,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		cl, err := newClient(c, ks)
 		if err != nil {
 			return fmt.Errorf("oauth_par: %w", err)
+		}
+		if cl.keys != nil && cl.keys.skipped() > 0 {
+			ctx.Logger().Warn("client keys skipped: types or sizes this gateway cannot use",
+				zap.String("client_id", c.ClientID), zap.Int("skipped", cl.keys.skipped()))
 		}
 		cl.requirePKCE = cl.requirePKCE || h.fapi2()
 		clients[c.ClientID] = cl

@@ -4,10 +4,8 @@ package caddymodule
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"errors"
-	"net/http"
 	"net/url"
 	"time"
 
@@ -16,27 +14,6 @@ import (
 )
 
 var errPlaceholder = errors.New("not implemented yet")
-
-type keySet struct{}
-
-func newStaticKeySet(doc []byte) (*keySet, error) { return &keySet{}, nil }
-
-type remoteKeySetOptions struct {
-	Client     *http.Client
-	Timeout    time.Duration
-	MaxSize    int64
-	MinRefetch time.Duration
-	TTL        time.Duration
-	Now        func() time.Time
-}
-
-func newRemoteKeySet(uri string, o remoteKeySetOptions) *keySet { return &keySet{} }
-func (k *keySet) verificationKeys(ctx context.Context, kid string, alg jose.SignatureAlgorithm) ([]jose.JSONWebKey, error) {
-	return nil, errPlaceholder
-}
-func (k *keySet) hasPublicKey(ctx context.Context, pub crypto.PublicKey) (bool, error) {
-	return false, errPlaceholder
-}
 
 type jwtTimes struct {
 	Skew time.Duration
