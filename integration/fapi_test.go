@@ -117,18 +117,19 @@ func (e *idpEnv) runFAPI2(t *testing.T, gwBin string, s fapiSetup) {
 		f.checkFlow(t, r)
 	})
 	t.Run("encrypted_request_object", func(t *testing.T) {
+		alg := f.encAlg(t)
 		cfg := f.flow()
-		cfg.RequestObjectEncryption = &FlowEncryption{JWKSURI: e.origin() + f.jwksPath, Alg: s.encAlg, Enc: s.encEnc}
+		cfg.RequestObjectEncryption = &FlowEncryption{JWKSURI: e.origin() + f.jwksPath, Alg: alg, Enc: s.encEnc}
 		r := f.run(t, cfg)
 		f.checkFlow(t, r)
 		enc := r.RequestObject.Encrypted
-		if enc == nil || enc.Parts != 5 || enc.Header["alg"] != s.encAlg || enc.Header["enc"] != s.encEnc || enc.KeyKid == nil {
-			t.Fatalf("request object not encrypted as asked (%s/%s): %+v", s.encAlg, s.encEnc, enc)
+		if enc == nil || enc.Parts != 5 || enc.Header["alg"] != alg || enc.Header["enc"] != s.encEnc || enc.KeyKid == nil {
+			t.Fatalf("request object not encrypted as asked (%s/%s): %+v", alg, s.encEnc, enc)
 		}
 		if strings.Count(r.pushed("request"), ".") != 4 {
 			t.Errorf("the pushed request is not a JWE (compact, 5 parts)")
 		}
-		t.Logf("request object: JWE %s/%s to the gateway's key %s from %s, %d chars", s.encAlg, s.encEnc, *enc.KeyKid, f.jwksPath, r.RequestObject.Length)
+		t.Logf("request object: JWE %s/%s to the gateway's key %s from %s, %d chars", alg, s.encEnc, *enc.KeyKid, f.jwksPath, r.RequestObject.Length)
 	})
 	if s.upstreamBindsDPoP {
 		// The gateway forwards the DPoP key's thumbprint as dpop_jkt;
@@ -379,6 +380,32 @@ func (f *fapiEnv) expectPushRefused(t *testing.T, cfg FlowConfig, status int, co
 	t.Logf("refused: %d %v", r.ParResponse.Status, r.ParResponse.Body)
 }
 
+// encAlg is the key management algorithm for the encrypted request object:
+// s.encAlg, unless the gateway's key of that type (RSA or EC) names another
+// algorithm of the same family in its "alg" (a key is meant for its alg).
+func (f *fapiEnv) encAlg(t *testing.T) string {
+	t.Helper()
+	kty := "EC"
+	if strings.HasPrefix(f.s.encAlg, "RSA") {
+		kty = "RSA"
+	}
+	jwks := getJSON(t, f.origin()+f.jwksPath)
+	keys, _ := jwks["keys"].([]any)
+	for _, k := range keys {
+		m, _ := k.(map[string]any)
+		if m["kty"] != kty {
+			continue
+		}
+		if a, _ := m["alg"].(string); a != "" && a != f.s.encAlg {
+			t.Logf("the gateway's %s key is for %s: encrypting with that, not %s", kty, a, f.s.encAlg)
+			return a
+		}
+		return f.s.encAlg
+	}
+	t.Fatalf("no %s key at %s (%v)", kty, f.jwksPath, keys)
+	return ""
+}
+
 // testDiscovery: the FAPI gateway advertises what it enforces at PAR, and
 // serves the public half of its request-object encryption keys.
 func (f *fapiEnv) testDiscovery(t *testing.T) {
@@ -404,7 +431,7 @@ func (f *fapiEnv) testDiscovery(t *testing.T) {
 	sameSet("request_object_signing_alg_values_supported", "PS256", "ES256")
 	sameSet("dpop_signing_alg_values_supported", "ES256", "PS256")
 	if l, _ := viaGW["request_object_encryption_alg_values_supported"].([]any); !slices.Contains(l, any(f.s.encAlg)) {
-		t.Errorf("request_object_encryption_alg_values_supported = %v, want it to contain %s", viaGW["request_object_encryption_alg_values_supported"], f.s.encAlg)
+		t.Errorf("request_object_encryption_alg_values_supported = %v, want it to contain %s (a default)", viaGW["request_object_encryption_alg_values_supported"], f.s.encAlg)
 	}
 	if l, _ := viaGW["request_object_encryption_enc_values_supported"].([]any); !slices.Contains(l, any(f.s.encEnc)) {
 		t.Errorf("request_object_encryption_enc_values_supported = %v, want it to contain %s", viaGW["request_object_encryption_enc_values_supported"], f.s.encEnc)
