@@ -172,6 +172,11 @@ func (c ClientConfig) validate() error {
 	if len(names) > 1 {
 		return fail("tls_client_auth_*: set exactly one of subject_dn, san_dns, san_uri, san_ip, san_email")
 	}
+	for _, n := range names {
+		if err := validTLSClientAuthName(n); err != nil {
+			return fail("tls_client_auth_%s: %v", n.Kind, err)
+		}
+	}
 	if n := btoi(len(c.JWKS) > 0) + btoi(c.JWKSFile != "") + btoi(c.JWKSURI != ""); n > 1 {
 		return fail("jwks, jwks_file and jwks_uri are mutually exclusive")
 	}
