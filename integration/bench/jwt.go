@@ -274,7 +274,7 @@ func (e *env) parPushJWT(r *row, sc jwtScenario) error {
 	if sc.requestObject {
 		what += " + request object ES256 (typ oauth-authz-req+jwt, the par-push parameters as claims)"
 	}
-	r.note("%s; push body %d bytes; %d bodies signed before the run in %s (%s per body on %d CPUs), each used once", what, len(pool[0]), len(pool)+1, took.Round(time.Millisecond), per.Round(time.Microsecond), runtime.NumCPU())
+	r.note("%s; push body %d bytes; %d bodies signed before the run in %s (%s of wall time per body, %d CPUs signing), each used once", what, len(pool[0]), len(pool)+1, took.Round(time.Millisecond), per.Round(time.Microsecond), runtime.NumCPU())
 
 	var idx atomic.Int64
 	parURL := base + "/par"
