@@ -43,6 +43,10 @@ func verifyClientAssertion(ctx context.Context, raw, method, clientID string, ke
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("not a compact JWS signed with an allowed algorithm (%s)", algNames(algs))
 	}
+	// RFC 8725 §3.11: a DPoP proof or request object is no assertion.
+	if typIsOneOf(headerType(tok.Headers[0]), explicitTypes) {
+		return "", time.Time{}, errors.New("typ names another kind of JWT")
+	}
 	var payload json.RawMessage
 	switch method {
 	case AuthPrivateKeyJWT:
@@ -52,10 +56,9 @@ func verifyClientAssertion(ctx context.Context, raw, method, clientID string, ke
 	case AuthClientSecretJWT:
 		// RFC 7518 §3.2: the key must be at least as long as the hash.
 		need := map[jose.SignatureAlgorithm]int{jose.HS256: 32, jose.HS384: 48, jose.HS512: 64}[jose.SignatureAlgorithm(tok.Headers[0].Algorithm)]
-		if len(secret) < need {
-			return "", time.Time{}, fmt.Errorf("the client secret is too short for %s", tok.Headers[0].Algorithm)
-		}
-		if err := tok.Claims(secret, &payload); err != nil {
+		// The same answer as a wrong secret: the secret's length is not
+		// the caller's to learn.
+		if len(secret) < need || tok.Claims(secret, &payload) != nil {
 			return "", time.Time{}, errors.New("the signature does not verify with the client secret")
 		}
 	default:

@@ -88,7 +88,7 @@ func TestVerifyClientSecretJWT(t *testing.T) {
 	}{
 		{"HS256 with the secret", signJWT(t, secret, jose.HS256, nil, c), ""},
 		{"HS256 with another secret", signJWT(t, []byte("another-secret-of-at-least-32-bytes!"), jose.HS256, nil, c), "client secret"},
-		{"HS512 needs a 64-byte secret", signJWT(t, append(secret, secret...), jose.HS512, nil, c), "too short"},
+		{"HS512 with a secret shorter than 64 bytes", signJWT(t, append(secret, secret...), jose.HS512, nil, c), "client secret"},
 		{"an asymmetric signature", signJWT(t, newTestKeys(t)[1].priv, jose.ES256, nil, c), "allowed algorithm"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -105,5 +105,17 @@ func TestAssertionSubjectIsReadWithoutVerification(t *testing.T) {
 	}
 	if got := assertionSubject("garbage"); got != "" {
 		t.Errorf("assertionSubject(garbage) = %q", got)
+	}
+}
+
+func TestVerifyClientAssertionRefusesOtherKindsOfJWT(t *testing.T) {
+	k := newTestKeys(t)[1]
+	now := time.Unix(1_800_000_000, 0)
+	p := assertionPolicy{Algs: asymmetricAlgs, Audiences: []string{"https://idp.example"}, MaxLifetime: time.Minute, Times: fixedTimes(now)}
+	c := map[string]any{"iss": "app", "sub": "app", "aud": "https://idp.example", "jti": "j", "exp": now.Add(30 * time.Second).Unix()}
+	for _, typ := range []string{"dpop+jwt", "oauth-authz-req+jwt", "application/oauth-authz-req+jwt"} {
+		tok := signJWT(t, k.priv, k.alg, map[jose.HeaderKey]any{"typ": typ}, c)
+		_, _, err := verifyClientAssertion(t.Context(), tok, AuthPrivateKeyJWT, "app", testKeySet(t, k), nil, p)
+		wantErr(t, err, "typ")
 	}
 }

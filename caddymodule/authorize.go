@@ -159,7 +159,10 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 		case errors.Is(err, ErrNotFound):
 			return fail(http.StatusBadRequest, ErrInvalidRequestURI, "request_uri is unknown, expired or already used", ref)
 		default:
-			g.logger.Error("pushed request store failed", zap.Error(err))
+			// An unavailable store logs its outage itself, once per interval.
+			if !errors.Is(err, ErrStoreUnavailable) {
+				g.logger.Error("pushed request store failed", zap.Error(err))
+			}
 			return fail(http.StatusServiceUnavailable, ErrTemporarilyUnavailable, "the authorization request could not be processed; retry later", ref)
 		}
 	}

@@ -482,6 +482,23 @@ func ctWantHTMLError(t *testing.T, r ctResp, status int, code string) {
 	}
 }
 
+// ctWantLoadError asserts that a site with this oauth_par block fails to
+// load with an error naming every one of want.
+func ctWantLoadError(t *testing.T, up *ctUpstream, storage, block string, want ...string) {
+	t.Helper()
+	err := ctAdaptLoad(ctCaddyfile(ctFreePort(t), up.addr(), storage, "", block, ""))
+	if err == nil {
+		_ = caddy.Stop()
+		t.Fatalf("config loaded, want an error naming %q", want)
+	}
+	t.Logf("error: %v", err)
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error does not name %q: %v", w, err)
+		}
+	}
+}
+
 // ctWantUpstreamUntouched fails if the upstream got requests since before.
 func ctWantUpstreamUntouched(t *testing.T, up *ctUpstream, before int) {
 	t.Helper()
@@ -1762,24 +1779,13 @@ func TestCaddyConfigErrorsNameTheDirective(t *testing.T) {
 		{"missing_file_secret", base + "client filec {\n secret {file." + filepath.Join(storage, "does-not-exist") + "}\n redirect_uris https://e.example.test/cb\n }", []string{`"filec"`, "secret"}},
 		{"forward_method_put", base + okClient + "forward_method put", []string{"forward_method"}},
 		{"max_request_size_tiny", base + okClient + "max_request_size 10", []string{"max_request_size"}},
-		{"store_unknown_backend", base + okClient + "store redis", []string{"store"}},
+		{"store_unknown_backend", base + okClient + "store bogus", []string{"store"}},
 		{"store_max_size_too_small", base + okClient + "store memory {\n max_size 1KiB\n }", []string{"max_size"}},
 		{"par_endpoint_equals_authorization_endpoint", base + okClient + "par_endpoint /authorize", []string{"par_endpoint"}},
 		{"unsupported_auth_method", base + "client c3 {\n secret s\n redirect_uris https://c3.example.test/cb\n auth_methods private_key_jwt\n }", []string{`"c3"`, "auth_methods"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			port := ctFreePort(t)
-			err := ctAdaptLoad(ctCaddyfile(port, up.addr(), storage, "", tc.block, ""))
-			if err == nil {
-				_ = caddy.Stop()
-				t.Fatalf("config loaded, want an error naming %q", tc.want)
-			}
-			t.Logf("error: %v", err)
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error does not name %q: %v", w, err)
-				}
-			}
+			ctWantLoadError(t, up, storage, tc.block, tc.want...)
 		})
 	}
 

@@ -292,6 +292,8 @@ func unmarshalStore(d *caddyfile.Dispenser) (json.RawMessage, error) {
 			}
 		}
 		return caddyconfig.JSONModuleObject(ms, "backend", backend, nil), nil
+	case "redis":
+		return unmarshalRedisStore(d)
 	default:
 		return nil, d.Errf("store: unknown backend %q", backend)
 	}

@@ -38,7 +38,7 @@ func verifyDPoPProof(proof, method string, htus []string, p dpopPolicy) (jkt, jt
 		return "", "", time.Time{}, fmt.Errorf("not a compact JWS signed with an allowed algorithm (%s)", algNames(p.Algs))
 	}
 	h := tok.Headers[0]
-	if headerType(h) != "dpop+jwt" {
+	if !typIs(headerType(h), "dpop+jwt") {
 		return fail("typ must be dpop+jwt")
 	}
 	jwk := h.JSONWebKey
@@ -113,10 +113,13 @@ func htuMatches(htu string, htus []string) bool {
 
 func normalizeHTU(s string) (string, bool) {
 	u, err := url.Parse(s)
-	if err != nil || u.Host == "" {
+	if err != nil || u.Host == "" || u.User != nil {
 		return "", false
 	}
 	scheme, host := strings.ToLower(u.Scheme), strings.ToLower(u.Host)
+	if scheme != "https" && scheme != "http" {
+		return "", false
+	}
 	host = strings.TrimSuffix(host, map[string]string{"https": ":443", "http": ":80"}[scheme])
 	path := u.EscapedPath()
 	if path == "" {

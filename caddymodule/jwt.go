@@ -106,10 +106,31 @@ func parseClaims(payload json.RawMessage) (jwt.Claims, error) {
 	return c, nil
 }
 
-// headerType is the JWS typ header, "" when absent.
+// headerType is the JWS typ header, "" when absent. A typ that is not a
+// string is returned as a value no check accepts.
 func headerType(h jose.Header) string {
-	s, _ := h.ExtraHeaders[jose.HeaderType].(string)
-	return s
+	v, ok := h.ExtraHeaders[jose.HeaderType]
+	if !ok {
+		return ""
+	}
+	if s, ok := v.(string); ok {
+		return s
+	}
+	return "\x00not a string"
+}
+
+// explicitTypes are the typ values of the other JWTs the gateway takes: a
+// JWT of one kind is never accepted as another (RFC 8725 §3.11).
+var explicitTypes = []string{"dpop+jwt", "oauth-authz-req+jwt"}
+
+// typIsOneOf reports whether typ names one of the media types.
+func typIsOneOf(typ string, types []string) bool {
+	for _, t := range types {
+		if typIs(typ, t) {
+			return true
+		}
+	}
+	return false
 }
 
 // typIs compares a typ value with a media type, with or without the

@@ -209,9 +209,10 @@ func (g *gateway) dpopBinding(r *http.Request, c *client, params url.Values, aud
 	if pushed != "" && pushed != jkt {
 		return "", badRequest(ErrInvalidDPoPProof, "dpop_jkt does not match the key of the DPoP proof")
 	}
-	// RFC 9449 §11.1: a proof is used once.
+	// RFC 9449 §11.1: a proof is used once. Recorded per key, so that
+	// nobody but the key holder can use up a jti.
 	sum := sha256.Sum256([]byte(jti))
-	switch err := g.store.Claim(r.Context(), g.partition+"dpop/"+hex.EncodeToString(sum[:16]), until); {
+	switch err := g.store.Claim(r.Context(), g.partition+"dpop/"+jkt+"/"+hex.EncodeToString(sum[:16]), until); {
 	case errors.Is(err, ErrReplay):
 		return "", badRequest(ErrInvalidDPoPProof, "DPoP proof rejected: its jti was already used")
 	case err != nil:

@@ -42,6 +42,9 @@ type FlowConfig struct {
 	ArtifactsDir string         `json:"artifactsDir,omitempty"`
 	TimeoutMs    int            `json:"timeoutMs,omitempty"`
 	SettleMs     int            `json:"settleMs,omitempty"`
+	// AuthorizationOrigin sends the browser to this origin instead of the
+	// discovered one (push at gateway A, redeem at gateway B).
+	AuthorizationOrigin string `json:"authorizationOrigin,omitempty"`
 
 	// FAPI-shaped flows (see js/NOTES.md).
 	ClientAuth              string          `json:"clientAuth,omitempty"` // private_key_jwt, client_secret_basic, ...

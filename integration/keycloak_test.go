@@ -302,8 +302,8 @@ func TestKeycloak(t *testing.T) {
 
 	t.Run("gateway_log", e.checkGatewayLog)
 
-	// Last: the gateway is replaced by one with profile fapi2 on the same
-	// port (Keycloak's hostname).
+	// The gateway is replaced by one with profile fapi2 on the same port
+	// (Keycloak's hostname), stopped again when the group ends.
 	t.Run("fapi2", func(t *testing.T) {
 		e.runFAPI2(t, gwBin, fapiSetup{
 			secret:   kcBoot.fapiSecret,
@@ -329,6 +329,9 @@ func TestKeycloak(t *testing.T) {
 			},
 		})
 	})
+
+	// Last: replaces the gateway with two sharing a Redis store.
+	t.Run("redis_push_at_A_redeem_at_B", func(t *testing.T) { kcRedisTwoGateways(t, e, gwBin, gwCfg) })
 }
 
 // hugeClaimsSize is the claims JSON size whose pushed request, URL-encoded,

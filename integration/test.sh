@@ -4,7 +4,8 @@
 #   1. static checks: gofmt, go vet (all three Go modules);
 #   2. unit and in-process Caddy tests: go test -race ./... at the root;
 #   3. end-to-end tests against real Keycloak and Dex upstreams, with
-#      openid-client and headless Chromium (integration/).
+#      openid-client and headless Chromium, and two gateways sharing a
+#      redis-server (integration/).
 # Downloads are cached in ${CADDY_PAR_CACHE:-~/.cache/caddy-par}.
 set -euo pipefail
 
@@ -15,6 +16,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "prerequisites"
 bash integration/scripts/ensure-chromium.sh
+bash integration/scripts/ensure-redis.sh
+# The Redis store tests fail instead of skipping when redis-server is missing.
+export CADDY_PAR_REQUIRE_REDIS=1
 if [ ! -f integration/js/node_modules/.package-lock.json ] ||
 	! cmp -s integration/js/package-lock.json integration/js/node_modules/.package-lock.json.src 2>/dev/null; then
 	(cd integration/js && npm ci --no-audit --no-fund --loglevel=error)

@@ -34,6 +34,8 @@ var (
 		"par-push",
 		"par-push-large",
 		"par-authorize",
+		"par-push-redis",                 // store redis; redis-server must be installed
+		"par-authorize-redis",            //
 		"par-push-private-key-jwt-es256", // private_key_jwt instead of client_secret_basic
 		"par-push-private-key-jwt-ps256",
 		"par-push-signed-request-object", // private_key_jwt ES256 + a request object ES256

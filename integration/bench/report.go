@@ -129,6 +129,8 @@ func (e *env) report() string {
 		{"par-push / baseline-respond", "par-push", "baseline-respond"},
 		{"par-push-large / baseline-respond", "par-push-large", "baseline-respond"},
 		{"par-authorize / baseline-proxy", "par-authorize", "baseline-proxy"},
+		{"par-push-redis / par-push", "par-push-redis", "par-push"},
+		{"par-authorize-redis / par-authorize", "par-authorize-redis", "par-authorize"},
 		{"par-push / peer-oidc-provider-par", "par-push", "peer-oidc-provider-par"},
 		{"par-push-large / peer-oidc-provider-par-large", "par-push-large", "peer-oidc-provider-par-large"},
 		{"par-push / peer-keycloak-par", "par-push", "peer-keycloak-par"},

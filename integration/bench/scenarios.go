@@ -51,6 +51,10 @@ func (e *env) runScenario(name string) (*row, error) {
 		err = e.parPush(r, true)
 	case "par-authorize":
 		err = e.parAuthorize(r)
+	case "par-push-redis":
+		err = e.parPushRedis(r)
+	case "par-authorize-redis":
+		err = e.parAuthorizeRedis(r)
 	case "par-push-private-key-jwt-es256", "par-push-private-key-jwt-ps256", "par-push-signed-request-object":
 		err = e.parPushJWT(r, jwtScenarios[name])
 	case "peer-oidc-provider-par":
@@ -163,7 +167,7 @@ func machineBusy() time.Duration {
 // foreignCPU is the machine's busy CPU time minus the bench's own processes
 // (itself, the server under test, the upstream): other load on the machine.
 func (e *env) foreignCPU(server *harness.Proc) time.Duration {
-	own := cpuTime(os.Getpid())
+	own := cpuTime(os.Getpid()) + redisCPU()
 	if server != nil {
 		own += groupCPU(server)
 	}
@@ -350,6 +354,12 @@ func (e *env) parAuthorize(r *row) error {
 		return err
 	}
 	r.server = "caddy oauth_par → upstream"
+	return e.parAuthorizeAt(r, c, base, nil, nil)
+}
+
+// parAuthorizeAt is parAuthorize against a started gateway; wrap and after,
+// if set, see the measured spec before and after the run.
+func (e *env) parAuthorizeAt(r *row, c *harness.Proc, base string, wrap func(*loadSpec), after func()) error {
 
 	// Size the pre-fill: a redemption is a proxied request plus work, so
 	// it should not run faster than baseline-proxy from this run; twice
@@ -406,7 +416,7 @@ func (e *env) parAuthorize(r *row) error {
 	var idx atomic.Int64
 	idx.Store(1)
 	authz := base + "/authorize"
-	e.measure(r, c, loadSpec{
+	ms := loadSpec{
 		warmup: e.cfg.warmup,
 		next: func(int, int) (job, error) {
 			i := idx.Add(1) - 1
@@ -416,7 +426,14 @@ func (e *env) parAuthorize(r *row) error {
 			return job{method: http.MethodGet, url: redeemURL(authz, uris[i])}, nil
 		},
 		check: expectStatus(200, "ok"),
-	})
+	}
+	if wrap != nil {
+		wrap(&ms)
+	}
+	e.measure(r, c, ms)
+	if after != nil {
+		after()
+	}
 	return nil
 }
 

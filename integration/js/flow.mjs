@@ -225,6 +225,9 @@ function loadConfig(file) {
     // Verify the id_token's JWS signature against the discovered jwks_uri
     // (openid-client skips this by default for token-endpoint responses).
     verifyIdTokenSignature: raw.verifyIdTokenSignature !== false,
+    // Send the browser to this origin instead of the discovered one (a
+    // second gateway sharing the store: push at one, redeem at the other).
+    authorizationOrigin: raw.authorizationOrigin || null,
     // private_key_jwt at the PAR endpoint: {jwk (private JWK with kid), alg}.
     clientKey: raw.clientKey || null,
     // A different client authentication for the token endpoint (a second
@@ -540,6 +543,12 @@ async function runFlow(cfg, R, S) {
     authUrl = await client.buildAuthorizationUrlWithPAR(config, pushed, dpopPush ? { DPoP: dpopPush } : undefined);
   } else {
     authUrl = client.buildAuthorizationUrl(config, params);
+  }
+  if (cfg.authorizationOrigin) {
+    const o = new URL(cfg.authorizationOrigin);
+    authUrl = new URL(authUrl.href);
+    authUrl.protocol = o.protocol;
+    authUrl.host = o.host;
   }
   mark(cfg.usePAR ? 'parMs' : 'authorizationUrlMs', t);
   R.authorizationUrl = authUrl.href;

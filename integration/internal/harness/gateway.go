@@ -38,13 +38,16 @@ type GatewayConfig struct {
 	Clients               []GatewayClient
 	// Extra lines inside the oauth_par block, as written.
 	Extra []string
+	// Admin, if set, is the admin API address (for caddy reload);
+	// default: admin off.
+	Admin string
 }
 
 // Origin is http://127.0.0.1:Port.
 func (c GatewayConfig) Origin() string { return "http://127.0.0.1:" + strconv.Itoa(c.Port) }
 
 var caddyfileTmpl = template.Must(template.New("Caddyfile").Funcs(template.FuncMap{"q": quote}).Parse(`{
-	admin off
+	admin {{if .Admin}}{{.Admin}}{{else}}off{{end}}
 	auto_https off
 	log {
 		output file {{q .LogPath}}
