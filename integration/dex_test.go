@@ -24,10 +24,12 @@ func TestDex(t *testing.T) {
 	gwBin := needGateway(t)
 	dexBin := needDex(t)
 
-	ports, err := harness.FreePorts(5)
+	ports, err := harness.FreePorts(6)
 	if err != nil {
 		t.Fatal(err)
 	}
+	fapiSecret := "dexf-" + randHex(16)
+	fapiRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", ports[5])
 	gwPort, dexPort, cbPort, spaPort := ports[0], ports[1], ports[2], ports[3]
 	origin := fmt.Sprintf("http://127.0.0.1:%d", gwPort)
 	secret := "dex-" + randHex(16)
@@ -42,6 +44,9 @@ func TestDex(t *testing.T) {
 		Clients: []harness.DexClient{
 			{ID: "web-app", Secret: secret, Name: "Web App", RedirectURIs: []string{webRedirect}},
 			{ID: "spa", Name: "SPA", RedirectURIs: []string{spaRedirect}},
+			// The gateway knows fapi-app by its public keys, Dex by this
+			// secret only.
+			{ID: fapiClientID, Secret: fapiSecret, Name: "FAPI App", RedirectURIs: []string{fapiRedirect}},
 		},
 		LogPath: filepath.Join(art, "dex.log"),
 	})
@@ -150,4 +155,21 @@ func TestDex(t *testing.T) {
 	})
 
 	t.Run("gateway_log", e.checkGatewayLog)
+
+	// Last: the gateway is replaced by one with profile fapi2 on the same
+	// port (Dex's issuer).
+	t.Run("fapi2", func(t *testing.T) {
+		e.runFAPI2(t, gwBin, fapiSetup{
+			secret:   fapiSecret,
+			redirect: fapiRedirect,
+			gw: harness.GatewayConfig{
+				Upstream:              fmt.Sprintf("127.0.0.1:%d", dexPort),
+				AuthorizationEndpoint: "/dex/auth",
+				PAREndpoint:           "/dex/par",
+			},
+			upstreamBindsDPoP: false,
+			encAlg:            "ECDH-ES",
+			encEnc:            "A128GCM",
+		})
+	})
 }

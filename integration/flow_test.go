@@ -45,6 +45,57 @@ type FlowConfig struct {
 	// AuthorizationOrigin sends the browser to this origin instead of the
 	// discovered one (push at gateway A, redeem at gateway B).
 	AuthorizationOrigin string `json:"authorizationOrigin,omitempty"`
+
+	// FAPI-shaped flows (see js/NOTES.md).
+	ClientAuth              string          `json:"clientAuth,omitempty"` // private_key_jwt, client_secret_basic, ...
+	ClientKey               *FlowKey        `json:"clientKey,omitempty"`
+	TokenClientAuth         string          `json:"tokenClientAuth,omitempty"`
+	TokenClientSecret       string          `json:"tokenClientSecret,omitempty"`
+	RequestObjectKey        *FlowKey        `json:"requestObjectKey,omitempty"`
+	RequestObjectEncryption *FlowEncryption `json:"requestObjectEncryption,omitempty"`
+	DPoP                    *FlowDPoP       `json:"dpop,omitempty"`
+}
+
+// FlowKey is a private JWK and the JWS algorithm to sign with.
+type FlowKey struct {
+	JWK map[string]any `json:"jwk"`
+	Alg string         `json:"alg"`
+}
+
+// FlowEncryption: encrypt the request object to a key from JWKSURI.
+type FlowEncryption struct {
+	JWKSURI string `json:"jwksUri"`
+	Alg     string `json:"alg"`
+	Enc     string `json:"enc"`
+}
+
+// FlowDPoP: a DPoP proof on the push, and on the token request when
+// TokenRequest.
+type FlowDPoP struct {
+	Alg          string `json:"alg"`
+	TokenRequest bool   `json:"tokenRequest"`
+	// NoPush leaves the proof off the push; JKTParam sends the key's
+	// thumbprint as the dpop_jkt parameter (RFC 9449 §10).
+	NoPush   bool `json:"-"`
+	JKTParam bool `json:"jktParam,omitempty"`
+}
+
+// MarshalJSON writes flow.mjs's "push" only when it is false.
+func (d FlowDPoP) MarshalJSON() ([]byte, error) {
+	type plain FlowDPoP
+	if d.NoPush {
+		return json.Marshal(struct {
+			plain
+			Push bool `json:"push"`
+		}{plain(d), false})
+	}
+	return json.Marshal(plain(d))
+}
+
+// decodedJWT is flow.mjs's decoding of a JWS (no verification).
+type decodedJWT struct {
+	Header map[string]any `json:"header"`
+	Claims map[string]any `json:"claims"`
 }
 
 // CallbackInfo is the first callback hit.
@@ -83,20 +134,38 @@ type FlowResult struct {
 	RequestURI            *string           `json:"requestUri"`
 	PushedParams          map[string]any    `json:"pushedParams"`
 	ParRequest            *struct {
-		URL        string  `json:"url"`
-		AuthScheme *string `json:"authScheme"`
-		BodyLength int     `json:"bodyLength"`
+		URL             string      `json:"url"`
+		AuthScheme      *string     `json:"authScheme"`
+		BodyLength      int         `json:"bodyLength"`
+		DPoP            *decodedJWT `json:"dpop"`
+		ClientAssertion *decodedJWT `json:"clientAssertion"`
 	} `json:"parRequest"`
+	RequestObject *struct {
+		Signed    *decodedJWT `json:"signed"`
+		Length    int         `json:"length"`
+		Encrypted *struct {
+			Header map[string]any `json:"header"`
+			KeyKid *string        `json:"keyKid"`
+			KeyAlg *string        `json:"keyAlg"`
+			Parts  int            `json:"parts"`
+		} `json:"encrypted"`
+	} `json:"requestObject"`
+	DPoP *struct {
+		Alg          string `json:"alg"`
+		JKT          string `json:"jkt"`
+		TokenRequest bool   `json:"tokenRequest"`
+	} `json:"dpop"`
 	ParResponse *struct {
 		Status int            `json:"status"`
 		Body   map[string]any `json:"body"`
 	} `json:"parResponse"`
 	HTTPExchanges []struct {
-		Method     string `json:"method"`
-		URL        string `json:"url"`
-		Status     int    `json:"status"`
-		AuthScheme any    `json:"authScheme"`
-		GrantType  string `json:"grantType"`
+		Method     string      `json:"method"`
+		URL        string      `json:"url"`
+		Status     int         `json:"status"`
+		AuthScheme any         `json:"authScheme"`
+		GrantType  string      `json:"grantType"`
+		DPoP       *decodedJWT `json:"dpop"`
 	} `json:"httpExchanges"`
 	BrowserURLs    []string     `json:"browserUrls"`
 	LoginPageSeen  bool         `json:"loginPageSeen"`
@@ -107,6 +176,8 @@ type FlowResult struct {
 	NavigationErrs []any        `json:"navigationErrors"`
 	Tokens         struct {
 		Present                  bool           `json:"present"`
+		TokenType                *string        `json:"tokenType"`
+		AccessTokenCnf           map[string]any `json:"accessTokenCnf"`
 		Scope                    *string        `json:"scope"`
 		RefreshTokenPresent      bool           `json:"refreshTokenPresent"`
 		IDTokenClaims            map[string]any `json:"idTokenClaims"`

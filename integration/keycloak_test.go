@@ -39,7 +39,9 @@ type keycloakBoot struct {
 	gwPort int
 	kcPort int
 	secret string
-	took   time.Duration
+	// fapiSecret is fapi-app's secret at Keycloak.
+	fapiSecret string
+	took       time.Duration
 }
 
 var kcBoot = &keycloakBoot{done: make(chan struct{})}
@@ -60,6 +62,7 @@ func (b *keycloakBoot) run() {
 	}
 	b.gwPort, b.kcPort = ports[0], ports[1]
 	b.secret = "kc-" + randHex(16)
+	b.fapiSecret = "kcf-" + randHex(16)
 	fetchLog, err := os.Create(filepath.Join(b.art, "keycloak-fetch.log"))
 	if err != nil {
 		b.err = err
@@ -82,12 +85,13 @@ func (b *keycloakBoot) run() {
 		return
 	}
 	b.proc, b.err = harness.StartKeycloak(suiteCtx, harness.KeycloakConfig{
-		Home:      home,
-		Port:      b.kcPort,
-		PublicURL: fmt.Sprintf("http://127.0.0.1:%d", b.gwPort),
-		RunDir:    b.runDir,
-		Secret:    b.secret,
-		LogPath:   filepath.Join(b.art, "keycloak.log"),
+		Home:       home,
+		Port:       b.kcPort,
+		PublicURL:  fmt.Sprintf("http://127.0.0.1:%d", b.gwPort),
+		RunDir:     b.runDir,
+		Secret:     b.secret,
+		FAPISecret: b.fapiSecret,
+		LogPath:    filepath.Join(b.art, "keycloak.log"),
 	})
 }
 
@@ -113,11 +117,11 @@ func TestKeycloak(t *testing.T) {
 	t.Logf("Keycloak ready on 127.0.0.1:%d after %s", kcBoot.kcPort, kcBoot.took.Round(time.Second))
 	art := kcBoot.art
 
-	ports, err := harness.FreePorts(3)
+	ports, err := harness.FreePorts(4)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cbPort, spaPort, gwGetPort := ports[0], ports[1], ports[2]
+	cbPort, spaPort, gwGetPort, fapiPort := ports[0], ports[1], ports[2], ports[3]
 	webRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", cbPort)
 	spaRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", spaPort)
 	upstream := fmt.Sprintf("127.0.0.1:%d", kcBoot.kcPort)
@@ -253,7 +257,78 @@ func TestKeycloak(t *testing.T) {
 		}
 	})
 
+	// A pushed dpop_jkt (RFC 9449 §10, no DPoP header on the push) reaches
+	// Keycloak, which binds the code to that key: the token request carries
+	// a proof of it (client_secret_basic as always) and the access token is
+	// DPoP-bound. This is Keycloak's side of the fapi2 flows below, where
+	// the gateway forwards the thumbprint of the push's DPoP proof.
+	t.Run("pushed_dpop_jkt_binds_code_upstream", func(t *testing.T) {
+		dir := e.subtestDir(t)
+		cfg := e.flow("web-app")
+		cfg.Scope = "openid email profile"
+		cfg.DPoP = &FlowDPoP{Alg: "ES256", TokenRequest: true, NoPush: true, JKTParam: true}
+		r := runFlow(t, dir, cfg)
+		e.remember(r)
+		requireTokens(t, r)
+		e.checkPARFlow(t, r, "web-app")
+		if r.DPoP == nil || r.pushed("dpop_jkt") != r.DPoP.JKT || r.ParRequest.DPoP != nil {
+			t.Fatalf("pushed dpop_jkt %q, DPoP %+v, proof on the push %v", r.pushed("dpop_jkt"), r.DPoP, r.ParRequest.DPoP)
+		}
+		if r.Tokens.TokenType == nil || !strings.EqualFold(*r.Tokens.TokenType, "DPoP") {
+			t.Errorf("token_type = %v, want DPoP", r.Tokens.TokenType)
+		}
+		if jkt, _ := r.Tokens.AccessTokenCnf["jkt"].(string); jkt != r.DPoP.JKT {
+			t.Errorf("access token cnf = %v, want jkt %s", r.Tokens.AccessTokenCnf, r.DPoP.JKT)
+		}
+	})
+
+	// The same without a proof on the token request: Keycloak refuses the
+	// code. (A code bound by dpop_jkt needs a proof of that key.)
+	t.Run("pushed_dpop_jkt_token_without_proof_refused_upstream", func(t *testing.T) {
+		dir := e.subtestDir(t)
+		cfg := e.flow("web-app")
+		cfg.Scope = "openid email profile"
+		cfg.DPoP = &FlowDPoP{Alg: "ES256", TokenRequest: false, NoPush: true, JKTParam: true}
+		r := runFlow(t, dir, cfg)
+		e.remember(r)
+		if r.Outcome != "error" || r.Stage != "token" || !strings.Contains(fmt.Sprint(r.Error), "DPoP Proof missing") {
+			t.Fatalf("outcome=%s stage=%s error=%v, want Keycloak's DPoP Proof missing at the token request", r.Outcome, r.Stage, r.Error)
+		}
+		if !r.Callback.CodePresent {
+			t.Errorf("no code on the callback: %+v", r.Callback)
+		}
+		checkNothingPushedInBrowserURLs(t, r)
+	})
+
 	t.Run("gateway_log", e.checkGatewayLog)
+
+	// The gateway is replaced by one with profile fapi2 on the same port
+	// (Keycloak's hostname), stopped again when the group ends.
+	t.Run("fapi2", func(t *testing.T) {
+		e.runFAPI2(t, gwBin, fapiSetup{
+			secret:   kcBoot.fapiSecret,
+			redirect: fmt.Sprintf("http://127.0.0.1:%d/callback", fapiPort),
+			gw: harness.GatewayConfig{
+				Upstream:              upstream,
+				AuthorizationEndpoint: kcAuthzPath,
+				PAREndpoint:           kcPARPath,
+				ForwardMethod:         "post",
+			},
+			upstreamBindsDPoP: true,
+			encAlg:            "RSA-OAEP-256",
+			encEnc:            "A256GCM",
+			checkTokens: func(t *testing.T, e *idpEnv, r *FlowResult) {
+				// Keycloak bound the code to the forwarded dpop_jkt and the
+				// access token to the key of the token request's proof.
+				if r.Tokens.TokenType == nil || !strings.EqualFold(*r.Tokens.TokenType, "DPoP") {
+					t.Errorf("token_type = %v, want DPoP", r.Tokens.TokenType)
+				}
+				if jkt, _ := r.Tokens.AccessTokenCnf["jkt"].(string); jkt != r.DPoP.JKT {
+					t.Errorf("access token cnf.jkt = %v, want the DPoP key's thumbprint %s", r.Tokens.AccessTokenCnf, r.DPoP.JKT)
+				}
+			},
+		})
+	})
 
 	// Last: replaces the gateway with two sharing a Redis store.
 	t.Run("redis_push_at_A_redeem_at_B", func(t *testing.T) { kcRedisTwoGateways(t, e, gwBin, gwCfg) })

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/url"
@@ -127,5 +129,52 @@ func TestRunLoad(t *testing.T) {
 	h := &hconn{}
 	if _, err := h.do(job{method: "GET", url: "http://192.0.2.1:80/"}, &bytes.Buffer{}); err == nil {
 		t.Error("non-loopback target accepted")
+	}
+}
+
+// TestJWTBodies: the JWT scenarios' push bodies carry a fresh assertion per
+// push, and the request object carries the par-push parameters.
+func TestJWTBodies(t *testing.T) {
+	decode := func(jwt string) (h, c map[string]any) {
+		p := strings.Split(jwt, ".")
+		if len(p) != 3 {
+			t.Fatalf("not a JWS: %q", jwt)
+		}
+		hb, _ := base64.RawURLEncoding.DecodeString(p[0])
+		cb, _ := base64.RawURLEncoding.DecodeString(p[1])
+		_ = json.Unmarshal(hb, &h)
+		_ = json.Unmarshal(cb, &c)
+		return h, c
+	}
+	for name, sc := range jwtScenarios {
+		s, err := newJWTSigner(sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool, _, err := s.signPool(3, 10*time.Second)
+		if err != nil || len(pool) != 3 {
+			t.Fatalf("%s: pool %d, %v", name, len(pool), err)
+		}
+		v0, _ := url.ParseQuery(string(pool[0]))
+		v1, _ := url.ParseQuery(string(pool[1]))
+		h, c := decode(v0.Get("client_assertion"))
+		if v0.Get("client_assertion_type") != assertionType || h["alg"] != sc.assertAlg || c["aud"] != jwtIssuer || c["iss"] != clientID || c["sub"] != clientID {
+			t.Errorf("%s: assertion %v %v", name, h, c)
+		}
+		_, c1 := decode(v1.Get("client_assertion"))
+		if c["jti"] == c1["jti"] {
+			t.Errorf("%s: two pushes share a jti", name)
+		}
+		if sc.requestObject {
+			if v0.Get("redirect_uri") != "" || v0.Get("client_id") != clientID {
+				t.Errorf("%s: parameters outside the request object: %v", name, v0)
+			}
+			rh, rc := decode(v0.Get("request"))
+			if rh["typ"] != "oauth-authz-req+jwt" || rc["redirect_uri"] != redirectURI || rc["code_challenge_method"] != "S256" || rc["max_age"] != float64(3600) || rc["aud"] != jwtIssuer {
+				t.Errorf("%s: request object %v %v", name, rh, rc)
+			}
+		} else if v0.Get("redirect_uri") != redirectURI || v0.Get("state") == v1.Get("state") {
+			t.Errorf("%s: form parameters %v", name, v0)
+		}
 	}
 }

@@ -36,8 +36,9 @@ var (
 		"par-authorize",
 		"par-push-redis",                 // store redis; redis-server must be installed
 		"par-authorize-redis",            //
-		"par-push-private-key-jwt",       // placeholder: gateway feature not there yet
-		"par-push-signed-request-object", // placeholder: gateway feature not there yet
+		"par-push-private-key-jwt-es256", // private_key_jwt instead of client_secret_basic
+		"par-push-private-key-jwt-ps256",
+		"par-push-signed-request-object", // private_key_jwt ES256 + a request object ES256
 		"peer-oidc-provider-par",
 		"peer-oidc-provider-par-large",
 		"peer-keycloak-par", // only with -keycloak
@@ -63,6 +64,8 @@ type config struct {
 	floodTime    time.Duration
 	out          string
 	keep         bool
+	jwtPoolMax   int
+	signBudget   time.Duration
 }
 
 func main() {
@@ -94,6 +97,8 @@ func run() int {
 	flag.DurationVar(&c.floodTime, "flood-time", 45*time.Second, "mem-flood: max flood duration")
 	flag.StringVar(&c.out, "out", "", "also write the Markdown report to this file")
 	flag.BoolVar(&c.keep, "keep-tmp", false, "keep the temp dir (Caddyfiles, server logs)")
+	flag.IntVar(&c.jwtPoolMax, "jwt-pool-max", 400000, "JWT scenarios: upper bound on push bodies signed before the run")
+	flag.DurationVar(&c.signBudget, "sign-budget", 40*time.Second, "JWT scenarios: time bound on signing the pool before the run (PS256 signing is ~1ms per body)")
 	flag.Parse()
 	if c.concurrency < 1 || c.concurrency > 4096 || c.duration <= 0 || c.duration > 10*time.Minute || c.warmup < 0 {
 		fmt.Fprintln(os.Stderr, "bench: -concurrency must be 1..4096, -duration in (0,10m], -warmup >= 0")
@@ -197,8 +202,16 @@ func selectScenarios(c *config) ([]string, error) {
 	}
 	var out []string
 	seen := map[string]bool{}
+	var names []string
 	for _, n := range strings.Split(c.scenarios, ",") {
 		n = strings.TrimSpace(n)
+		if n == "par-push-private-key-jwt" { // both algorithms
+			names = append(names, n+"-es256", n+"-ps256")
+			continue
+		}
+		names = append(names, n)
+	}
+	for _, n := range names {
 		if n == "" || seen[n] {
 			continue
 		}
@@ -284,7 +297,7 @@ func (e *env) setup(names []string) error {
 
 	needCaddy := false
 	for _, n := range names {
-		if !strings.HasPrefix(n, "peer-") && !strings.HasPrefix(n, "par-push-private") && !strings.HasPrefix(n, "par-push-signed") {
+		if !strings.HasPrefix(n, "peer-") {
 			needCaddy = true
 		}
 	}

@@ -134,6 +134,10 @@ func (e *env) report() string {
 		{"par-push / peer-oidc-provider-par", "par-push", "peer-oidc-provider-par"},
 		{"par-push-large / peer-oidc-provider-par-large", "par-push-large", "peer-oidc-provider-par-large"},
 		{"par-push / peer-keycloak-par", "par-push", "peer-keycloak-par"},
+		{"par-push-private-key-jwt-es256 / par-push", "par-push-private-key-jwt-es256", "par-push"},
+		{"par-push-private-key-jwt-ps256 / par-push", "par-push-private-key-jwt-ps256", "par-push"},
+		{"par-push-signed-request-object / par-push", "par-push-signed-request-object", "par-push"},
+		{"par-push-signed-request-object / par-push-private-key-jwt-es256", "par-push-signed-request-object", "par-push-private-key-jwt-es256"},
 	}
 	var rl []string
 	for _, q := range ratios {

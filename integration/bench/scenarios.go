@@ -55,17 +55,8 @@ func (e *env) runScenario(name string) (*row, error) {
 		err = e.parPushRedis(r)
 	case "par-authorize-redis":
 		err = e.parAuthorizeRedis(r)
-	case "par-push-private-key-jwt":
-		// Placeholder: the gateway has no private_key_jwt client
-		// authentication yet. When it does: register the client with a
-		// public JWK, and build a fresh client_assertion (RS256/ES256, jti,
-		// exp) per push in next(); compare with par-push.
-		r.skipped = "not implemented in the gateway yet (private_key_jwt client authentication)"
-	case "par-push-signed-request-object":
-		// Placeholder: the gateway rejects `request` (request_not_supported)
-		// today. When JAR is supported: sign the pushed parameters as a
-		// request object per push (RFC 9101) and compare with par-push.
-		r.skipped = "not implemented in the gateway yet (signed request objects, RFC 9101)"
+	case "par-push-private-key-jwt-es256", "par-push-private-key-jwt-ps256", "par-push-signed-request-object":
+		err = e.parPushJWT(r, jwtScenarios[name])
 	case "peer-oidc-provider-par":
 		err = e.peerOIDCProvider(r, false)
 	case "peer-oidc-provider-par-large":

@@ -21,6 +21,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import * as jose from 'jose';
 import * as client from 'openid-client';
 import { chromium } from 'playwright-core';
 
@@ -129,6 +130,46 @@ function escapeHtml(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
 }
 
+// A JWS's header and claims, decoded without verification (null if it is
+// not a JWS).
+function decodeJwt(jwt) {
+  try {
+    const [h, p, sig] = String(jwt).split('.');
+    if (sig === undefined) return null;
+    const dec = (x) => JSON.parse(Buffer.from(x, 'base64url').toString('utf8'));
+    return { header: dec(h), claims: dec(p) };
+  } catch {
+    return null;
+  }
+}
+
+// A private JWK from the config as a CryptoKey for signing.
+async function importPrivateJwk({ jwk, alg }) {
+  return jose.importJWK(jwk, alg);
+}
+
+// RFC 9101 §6.1 / RFC 7519 §5.2: the signed request object becomes the
+// payload of a JWE to one of the gateway's encryption keys, fetched (through
+// the recording fetch) from the JWKS the gateway serves.
+async function encryptRequestObject(signed, { jwksUri, alg, enc }, fetchFn, R) {
+  const res = await fetchFn(jwksUri, { method: 'GET', headers: { accept: 'application/json' } });
+  if (res.status !== 200) throw new Error(`GET ${jwksUri}: status ${res.status}`);
+  const jwks = await res.json();
+  const kty = alg.startsWith('RSA') ? 'RSA' : alg.startsWith('ECDH') ? 'EC' : null;
+  const key = (jwks.keys || []).find(
+    (k) => k.kty === kty && (!k.use || k.use === 'enc') && (!k.alg || k.alg === alg)
+      && (!k.key_ops || k.key_ops.includes('encrypt') || k.key_ops.includes('wrapKey') || k.key_ops.includes('deriveKey')),
+  );
+  if (!key) {
+    throw new Error(`no ${kty} encryption key for ${alg} in ${jwksUri}: ${JSON.stringify((jwks.keys || []).map((k) => ({ kty: k.kty, kid: k.kid, alg: k.alg, use: k.use })))}`);
+  }
+  const pub = await jose.importJWK(key, alg);
+  const header = { alg, enc, cty: 'JWT', ...(key.kid ? { kid: key.kid } : {}) };
+  const jwe = await new jose.CompactEncrypt(new TextEncoder().encode(signed)).setProtectedHeader(header).encrypt(pub);
+  R.requestObject.encrypted = { header, jwksUri, keyKid: key.kid ?? null, keyAlg: key.alg ?? null, parts: jwe.split('.').length };
+  return jwe;
+}
+
 // ---------------------------------------------------------------------------
 // Config
 // ---------------------------------------------------------------------------
@@ -187,6 +228,32 @@ function loadConfig(file) {
     // Send the browser to this origin instead of the discovered one (a
     // second gateway sharing the store: push at one, redeem at the other).
     authorizationOrigin: raw.authorizationOrigin || null,
+    // private_key_jwt at the PAR endpoint: {jwk (private JWK with kid), alg}.
+    clientKey: raw.clientKey || null,
+    // A different client authentication for the token endpoint (a second
+    // openid-client Configuration): e.g. client_secret_basic with the secret
+    // the upstream knows, while the gateway knows the client by its keys.
+    tokenClientAuth: raw.tokenClientAuth || null,
+    tokenClientSecret: raw.tokenClientSecret || undefined,
+    // Signed request object (RFC 9101) pushed instead of the plain
+    // parameters: {jwk (private JWK with kid), alg}.
+    requestObjectKey: raw.requestObjectKey || null,
+    // Encrypt the signed request object (nested JWT) to a key from
+    // jwksUri: {jwksUri, alg, enc}.
+    requestObjectEncryption: raw.requestObjectEncryption || null,
+    // DPoP (RFC 9449): a proof on the push (RFC 9449 §10); tokenRequest
+    // also on the token request (and refresh), with the same key.
+    // jktParam: also send the key's thumbprint as the dpop_jkt authorization
+    // request parameter (RFC 9449 §10); push: false leaves the proof off the
+    // push (then dpop_jkt is the only binding).
+    dpop: raw.dpop
+      ? {
+        alg: raw.dpop.alg || 'ES256',
+        tokenRequest: raw.dpop.tokenRequest !== false,
+        push: raw.dpop.push !== false,
+        jktParam: raw.dpop.jktParam === true,
+      }
+      : null,
   };
   let redirect;
   try {
@@ -197,11 +264,34 @@ function loadConfig(file) {
   if (redirect.protocol !== 'http:' || !redirect.port) {
     throw new HarnessError('config: redirectUri must be http://HOST:PORT/path (flow.mjs serves it itself)');
   }
-  if (!['none', 'client_secret_basic', 'client_secret_post'].includes(cfg.clientAuth)) {
+  if (!['none', 'client_secret_basic', 'client_secret_post', 'private_key_jwt'].includes(cfg.clientAuth)) {
     throw new HarnessError(`config: unsupported clientAuth ${cfg.clientAuth}`);
   }
-  if (cfg.clientAuth !== 'none' && !cfg.clientSecret) {
+  if (cfg.clientAuth === 'private_key_jwt') {
+    if (!cfg.clientKey?.jwk?.d || !cfg.clientKey?.alg) {
+      throw new HarnessError('config: clientAuth private_key_jwt needs clientKey {jwk (private), alg}');
+    }
+  } else if (cfg.clientAuth !== 'none' && !cfg.clientSecret) {
     throw new HarnessError(`config: clientAuth ${cfg.clientAuth} needs clientSecret`);
+  }
+  if (cfg.tokenClientAuth) {
+    if (!['none', 'client_secret_basic', 'client_secret_post'].includes(cfg.tokenClientAuth)) {
+      throw new HarnessError(`config: unsupported tokenClientAuth ${cfg.tokenClientAuth}`);
+    }
+    if (cfg.tokenClientAuth !== 'none' && !cfg.tokenClientSecret) {
+      throw new HarnessError(`config: tokenClientAuth ${cfg.tokenClientAuth} needs tokenClientSecret`);
+    }
+  }
+  if (cfg.requestObjectKey && (!cfg.requestObjectKey.jwk?.d || !cfg.requestObjectKey.alg)) {
+    throw new HarnessError('config: requestObjectKey needs {jwk (private), alg}');
+  }
+  if (cfg.requestObjectEncryption) {
+    const e = cfg.requestObjectEncryption;
+    if (!cfg.requestObjectKey) throw new HarnessError('config: requestObjectEncryption needs requestObjectKey (the object is signed, then encrypted)');
+    if (!e.jwksUri || !e.alg || !e.enc) throw new HarnessError('config: requestObjectEncryption needs {jwksUri, alg, enc}');
+  }
+  if (cfg.requestObjectKey && !cfg.usePAR) {
+    throw new HarnessError('config: requestObjectKey is only supported with usePAR (the object is pushed)');
   }
   return cfg;
 }
@@ -281,6 +371,8 @@ async function runFlow(cfg, R, S) {
     }
     const auth = headers.get('authorization');
     entry.authScheme = auth ? auth.split(' ')[0] : null;
+    const dpopProof = headers.get('dpop');
+    entry.dpop = dpopProof ? decodeJwt(dpopProof) : null;
     R.httpExchanges.push(entry);
     let res;
     try {
@@ -303,6 +395,12 @@ async function runFlow(cfg, R, S) {
         contentType: headers.get('content-type'),
         authScheme: entry.authScheme,
         bodyLength: body instanceof URLSearchParams ? body.toString().length : null,
+        // The DPoP proof's header and claims (RFC 9449 §4.2), decoded.
+        dpop: entry.dpop,
+        // private_key_jwt: the client assertion's header and claims, decoded.
+        clientAssertion: body instanceof URLSearchParams && body.has('client_assertion')
+          ? decodeJwt(body.get('client_assertion'))
+          : null,
       };
       R.pushedParams = entry.bodyParams;
       R.parResponse = {
@@ -320,19 +418,48 @@ async function runFlow(cfg, R, S) {
     `${issuerUrl.pathname.replace(/\/$/, '')}/.well-known/openid-configuration`,
     issuerUrl,
   ).href;
+  const secretAuth = (method, secret) => {
+    if (method === 'none') return client.None();
+    if (method === 'client_secret_post') return client.ClientSecretPost(secret);
+    return client.ClientSecretBasic(secret);
+  };
   let clientAuth;
-  if (cfg.clientAuth === 'none') clientAuth = client.None();
-  else if (cfg.clientAuth === 'client_secret_post') clientAuth = client.ClientSecretPost(cfg.clientSecret);
-  else clientAuth = client.ClientSecretBasic(cfg.clientSecret);
-
-  const config = await client.discovery(issuerUrl, cfg.clientId, cfg.clientSecret, clientAuth, {
+  if (cfg.clientAuth === 'private_key_jwt') {
+    const key = await importPrivateJwk(cfg.clientKey);
+    clientAuth = client.PrivateKeyJwt({ key, kid: cfg.clientKey.jwk.kid });
+  } else {
+    clientAuth = secretAuth(cfg.clientAuth, cfg.clientSecret);
+  }
+  const discoveryOptions = {
     // Everything is plain http on loopback.
     execute: [client.allowInsecureRequests],
     [client.customFetch]: recordingFetch,
     timeout: Math.max(5, Math.ceil(cfg.timeoutMs / 2000)),
-  });
+  };
+  // One openid-client Configuration uses one client authentication for
+  // every endpoint. `config` authenticates at the PAR endpoint (the
+  // gateway); with tokenClientAuth a second Configuration, from a second
+  // discovery of the same issuer, authenticates at the token endpoint (the
+  // upstream, through the gateway's reverse proxy) and validates the
+  // authorization response, the tokens and the id_token.
+  const config = await client.discovery(
+    issuerUrl,
+    cfg.clientId,
+    cfg.clientAuth === 'private_key_jwt' ? undefined : cfg.clientSecret,
+    clientAuth,
+    discoveryOptions,
+  );
+  const tokenConfig = cfg.tokenClientAuth
+    ? await client.discovery(
+      issuerUrl,
+      cfg.clientId,
+      cfg.tokenClientSecret,
+      secretAuth(cfg.tokenClientAuth, cfg.tokenClientSecret),
+      discoveryOptions,
+    )
+    : config;
   mark('discoveryMs', t);
-  if (cfg.verifyIdTokenSignature) client.enableNonRepudiationChecks(config);
+  if (cfg.verifyIdTokenSignature) client.enableNonRepudiationChecks(tokenConfig);
   const md = config.serverMetadata();
   S.parEndpoint = md.pushed_authorization_request_endpoint;
   R.discovery = {
@@ -346,6 +473,11 @@ async function runFlow(cfg, R, S) {
     authorization_response_iss_parameter_supported: md.authorization_response_iss_parameter_supported ?? null,
     code_challenge_methods_supported: md.code_challenge_methods_supported ?? null,
     supportsPKCE: config.serverMetadata().supportsPKCE(),
+    request_object_signing_alg_values_supported: md.request_object_signing_alg_values_supported ?? null,
+    request_object_encryption_alg_values_supported: md.request_object_encryption_alg_values_supported ?? null,
+    request_object_encryption_enc_values_supported: md.request_object_encryption_enc_values_supported ?? null,
+    dpop_signing_alg_values_supported: md.dpop_signing_alg_values_supported ?? null,
+    token_endpoint_auth_methods_supported: md.token_endpoint_auth_methods_supported ?? null,
   };
   log('discovered issuer', md.issuer, 'PAR endpoint', S.parEndpoint ?? '(none)');
 
@@ -373,12 +505,42 @@ async function runFlow(cfg, R, S) {
   R.requestedParams = { ...params };
   R.requestedParamsLength = new URLSearchParams(params).toString().length;
 
+  // DPoP: one key pair for the push and the token request; a handle per
+  // Configuration (a handle caches server nonces per client).
+  let dpopPush;
+  let dpopToken;
+  if (cfg.dpop) {
+    const kp = await client.randomDPoPKeyPair(cfg.dpop.alg);
+    const handle = client.getDPoPHandle(config, kp);
+    if (cfg.dpop.push) dpopPush = handle;
+    if (cfg.dpop.tokenRequest) dpopToken = tokenConfig === config ? handle : client.getDPoPHandle(tokenConfig, kp);
+    const pub = await crypto.subtle.exportKey('jwk', kp.publicKey);
+    R.dpop = { alg: cfg.dpop.alg, jkt: await jose.calculateJwkThumbprint(pub, 'sha256'), tokenRequest: cfg.dpop.tokenRequest, push: cfg.dpop.push, jktParam: cfg.dpop.jktParam };
+    if (cfg.dpop.jktParam) params.dpop_jkt = R.dpop.jkt;
+  }
+
   let authUrl;
   if (cfg.usePAR) {
+    let pushed = params;
+    if (cfg.requestObjectKey) {
+      // RFC 9101 inside PAR (RFC 9126 §3): openid-client signs the whole
+      // authorization request as a request object (iss, aud = issuer,
+      // client_id, exp = nbf + 60 s, jti, typ oauth-authz-req+jwt); only
+      // client_id and request are pushed, plus the client authentication.
+      const key = await importPrivateJwk(cfg.requestObjectKey);
+      const jarUrl = await client.buildAuthorizationUrlWithJAR(config, params, { key, kid: cfg.requestObjectKey.jwk.kid });
+      let request = jarUrl.searchParams.get('request');
+      R.requestObject = { signed: decodeJwt(request), encrypted: null, length: request.length };
+      if (cfg.requestObjectEncryption) {
+        request = await encryptRequestObject(request, cfg.requestObjectEncryption, recordingFetch, R);
+        R.requestObject.length = request.length;
+      }
+      pushed = { client_id: cfg.clientId, request };
+    }
     // openid-client refuses this unless discovery advertised
     // pushed_authorization_request_endpoint — part of the proof that the
     // gateway's discovery rewrite works.
-    authUrl = await client.buildAuthorizationUrlWithPAR(config, params);
+    authUrl = await client.buildAuthorizationUrlWithPAR(config, pushed, dpopPush ? { DPoP: dpopPush } : undefined);
   } else {
     authUrl = client.buildAuthorizationUrl(config, params);
   }
@@ -501,12 +663,12 @@ async function runFlow(cfg, R, S) {
   // and validates the id_token claims (iss, aud, azp, exp, iat, nonce).
   S.stage = 'token';
   t = Date.now();
-  const tokens = await client.authorizationCodeGrant(config, new URL(cb.href), {
+  const tokens = await client.authorizationCodeGrant(tokenConfig, new URL(cb.href), {
     pkceCodeVerifier: codeVerifier,
     expectedNonce: nonce,
     expectedState: state,
     idTokenExpected: true,
-  });
+  }, undefined, dpopToken ? { DPoP: dpopToken } : undefined);
   mark('tokenMs', t);
   const claims = tokens.claims();
   R.tokens = {
@@ -525,6 +687,10 @@ async function runFlow(cfg, R, S) {
   R.nonceMatches = claims?.nonce === nonce;
   R.audMatches = Array.isArray(aud) ? aud.includes(cfg.clientId) : aud === cfg.clientId;
   R.issMatches = claims?.iss === md.issuer;
+  if (tokens.access_token && tokens.access_token.split('.').length === 3) {
+    // Keycloak's access tokens are JWTs: cnf.jkt shows a DPoP binding.
+    R.tokens.accessTokenCnf = decodeJwt(tokens.access_token)?.claims?.cnf ?? null;
+  }
   log('tokens ok; sub', claims?.sub, 'scope', tokens.scope);
 
   // --- refresh ---------------------------------------------------------------
@@ -538,7 +704,7 @@ async function runFlow(cfg, R, S) {
       throw Object.assign(new Error(R.refresh.error), { outcome: 'refresh_failed' });
     }
     try {
-      const refreshed = await client.refreshTokenGrant(config, tokens.refresh_token);
+      const refreshed = await client.refreshTokenGrant(tokenConfig, tokens.refresh_token, undefined, dpopToken ? { DPoP: dpopToken } : undefined);
       R.refresh.ok = true;
       R.refresh.accessTokenPresent = !!refreshed.access_token;
       R.refresh.newAccessTokenDiffers = !!refreshed.access_token && refreshed.access_token !== tokens.access_token;
@@ -786,6 +952,12 @@ async function main() {
       refresh: cfg.refresh,
       verifyIdTokenSignature: cfg.verifyIdTokenSignature,
       timeoutMs: cfg.timeoutMs,
+      // No keys or secrets: algorithms and kids only.
+      clientKey: cfg.clientKey ? { alg: cfg.clientKey.alg, kid: cfg.clientKey.jwk.kid ?? null } : null,
+      tokenClientAuth: cfg.tokenClientAuth,
+      requestObjectKey: cfg.requestObjectKey ? { alg: cfg.requestObjectKey.alg, kid: cfg.requestObjectKey.jwk.kid ?? null } : null,
+      requestObjectEncryption: cfg.requestObjectEncryption,
+      dpop: cfg.dpop,
     },
     versions: {
       node: process.version,
@@ -803,6 +975,8 @@ async function main() {
     authorizationUrlParams: null,
     requestUri: null,
     pushedParams: null,
+    requestObject: null,
+    dpop: null,
     parRequest: null,
     parResponse: null,
     httpExchanges: [],

@@ -22,6 +22,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+import * as jose from 'jose';
 import Provider from 'oidc-provider';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -55,11 +56,42 @@ function freePort() {
 
 // --- the authorization server ------------------------------------------------
 
-async function startProvider(redirectUris, { par = true } = {}) {
+// Keys of the FAPI-shaped client (private_key_jwt ES256, request objects
+// PS256) and the provider's own encryption key for request objects.
+async function fapiKeys() {
+  const gen = async (alg, kid, use, opts) => {
+    const { privateKey } = await jose.generateKeyPair(alg, { extractable: true, ...opts });
+    const jwk = { ...(await jose.exportJWK(privateKey)), kid, alg, use };
+    const { d, p, q, dp, dq, qi, ...pub } = jwk;
+    return { jwk, pub };
+  };
+  return {
+    es256: await gen('ES256', 'fapi-es256', 'sig'),
+    ps256: await gen('PS256', 'fapi-ps256', 'sig'),
+    enc: await gen('RSA-OAEP-256', 'op-enc', 'enc'),
+    opSig: await gen('RS256', 'op-sig', 'sig'),
+  };
+}
+
+async function startProvider(redirectUris, { par = true, keys = null } = {}) {
   const port = await freePort();
   const issuer = `http://127.0.0.1:${port}${MOUNT}`;
+  const fapiClient = keys
+    ? [{
+      client_id: 'fapi-app',
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      request_object_signing_alg: 'PS256',
+      jwks: { keys: [keys.es256.pub, keys.ps256.pub] },
+      redirect_uris: redirectUris,
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+    }]
+    : [];
   const provider = new Provider(issuer, {
+    ...(keys ? { jwks: { keys: [keys.opSig.jwk, keys.enc.jwk] } } : {}),
     clients: [
+      ...fapiClient,
       {
         client_id: 'web-app',
         client_secret: 'web-app-secret',
@@ -91,6 +123,15 @@ async function startProvider(redirectUris, { par = true } = {}) {
       devInteractions: { enabled: true }, // built-in login + consent pages
       pushedAuthorizationRequests: { enabled: par },
       claimsParameter: { enabled: true }, // for the large `claims` scenario
+      // For the FAPI-shaped scenario: DPoP, signed (and encrypted) request
+      // objects inside PAR.
+      dPoP: { enabled: true },
+      requestObjects: { enabled: true },
+      encryption: { enabled: true },
+    },
+    enabledJWA: {
+      requestObjectEncryptionAlgValues: ['RSA-OAEP-256', 'ECDH-ES', 'ECDH-ES+A128KW', 'ECDH-ES+A256KW'],
+      requestObjectEncryptionEncValues: ['A128GCM', 'A256GCM'],
     },
     claims: {
       openid: ['sub'],
@@ -184,11 +225,56 @@ function bigClaims(minBytes) {
   return JSON.stringify({ id_token: idToken });
 }
 
-function scenarios(issuer, noParIssuer, cbPort) {
+function scenarios(issuer, noParIssuer, cbPort, keys) {
   const redirectUri = `http://127.0.0.1:${cbPort}/callback`;
   const base = { issuer, redirectUri, login: LOGIN, timeoutMs: 45000 };
   const claims = bigClaims(8192);
+  // The FAPI 2.0 shape flow.mjs drives through the gateway: private_key_jwt,
+  // a signed request object and DPoP at PAR, PKCE S256. oidc-provider uses
+  // one auth method for PAR and token endpoint, so tokenClientAuth (the
+  // gateway case: secret at the upstream's token endpoint) is not used here.
+  const fapi = {
+    ...base,
+    clientId: 'fapi-app',
+    clientAuth: 'private_key_jwt',
+    clientKey: { jwk: keys.es256.jwk, alg: 'ES256' },
+    requestObjectKey: { jwk: keys.ps256.jwk, alg: 'PS256' },
+    dpop: { alg: 'ES256', tokenRequest: true },
+    scope: 'openid email',
+    usePAR: true,
+  };
+  const fapiCheck = (j, a) => {
+    a(j.ok === true && j.outcome === 'tokens', `ok/outcome (${j.outcome}: ${j.error})`);
+    const pushed = Object.keys(j.pushedParams || {}).sort().join(',');
+    a(pushed === 'client_assertion,client_assertion_type,client_id,request', `pushed only client_id, request and the assertion (got ${pushed})`);
+    const ca = j.parRequest?.clientAssertion;
+    a(ca?.header?.alg === 'ES256' && ca.header.kid === 'fapi-es256' && ca.claims.aud === issuer && ca.claims.iss === 'fapi-app' && ca.claims.sub === 'fapi-app' && ca.claims.jti, `client assertion ES256, aud = issuer string (${JSON.stringify(ca?.claims)})`);
+    const ro = j.requestObject?.signed;
+    a(ro?.header?.alg === 'PS256' && ro.header.typ === 'oauth-authz-req+jwt' && ro.claims.iss === 'fapi-app' && ro.claims.aud === issuer && ro.claims.client_id === 'fapi-app', `request object PS256 typ oauth-authz-req+jwt (${JSON.stringify(ro?.header)})`);
+    a(ro?.claims?.code_challenge_method === 'S256' && ro.claims.nonce === j.nonce && ro.claims.state === j.state && ro.claims.redirect_uri === redirectUri && ro.claims.exp - ro.claims.nbf <= 3600, 'request object carries PKCE S256, nonce, state, redirect_uri; exp - nbf <= 60 min');
+    const dp = j.parRequest?.dpop;
+    a(dp?.header?.typ === 'dpop+jwt' && dp.claims.htm === 'POST' && dp.claims.htu === j.discovery.pushed_authorization_request_endpoint, `DPoP proof on the push (${JSON.stringify(dp?.claims)})`);
+    const tok = j.httpExchanges.find((x) => x.grantType === 'authorization_code');
+    a(tok?.dpop?.claims?.htu === j.discovery.token_endpoint && tok.authScheme === null, 'DPoP proof and private_key_jwt on the token request');
+    a(j.tokens?.tokenType?.toLowerCase() === 'dpop', `DPoP-bound access token (token_type ${j.tokens?.tokenType})`);
+    a(j.nonceMatches && j.audMatches && j.issMatches, 'nonce/aud/iss match');
+  };
   return [
+    {
+      name: 'fapi-pkjwt-jar-dpop-par',
+      cfg: fapi,
+      check: fapiCheck,
+    },
+    {
+      name: 'fapi-pkjwt-encrypted-jar-dpop-par',
+      cfg: { ...fapi, requestObjectEncryption: { jwksUri: `${issuer}/jwks`, alg: 'RSA-OAEP-256', enc: 'A256GCM' } },
+      check: (j, a) => {
+        fapiCheck(j, a);
+        const e = j.requestObject?.encrypted;
+        a(e?.parts === 5 && e.header.alg === 'RSA-OAEP-256' && e.header.enc === 'A256GCM' && e.header.cty === 'JWT' && e.keyKid === 'op-enc', `request object encrypted to the provider's key (${JSON.stringify(e)})`);
+        a(!String(j.pushedParams?.request).startsWith(j.requestObject?.signed ? 'ey' : '-') || j.pushedParams.request.split('.').length === 5, 'the pushed request is the JWE');
+      },
+    },
     {
       name: 'confidential-par-refresh-secondvisit',
       cfg: {
@@ -342,12 +428,13 @@ function scenarios(issuer, noParIssuer, cbPort) {
 async function main() {
   const workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'caddy-par-js-selfcheck-'));
   const cbPort = await freePort();
-  const { issuer, server } = await startProvider([`http://127.0.0.1:${cbPort}/callback`]);
+  const keys = await fapiKeys();
+  const { issuer, server } = await startProvider([`http://127.0.0.1:${cbPort}/callback`], { keys });
   const noPar = await startProvider([`http://127.0.0.1:${cbPort}/callback`], { par: false });
   log('oidc-provider at', issuer, '(and without PAR at', noPar.issuer, '); callback port', cbPort, '; work dir', workDir);
 
   const results = [];
-  for (const sc of scenarios(issuer, noPar.issuer, cbPort)) {
+  for (const sc of scenarios(issuer, noPar.issuer, cbPort, keys)) {
     if (only && !only.has(sc.name)) continue;
     const t = Date.now();
     const r = await runFlow(sc.name, sc.cfg, workDir);

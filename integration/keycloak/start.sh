@@ -24,6 +24,9 @@
 #   CADDY_PAR_WEB_APP_SECRET  secret of client web-app (placeholder in the
 #                    realm file; default web-app-secret). Only applied when
 #                    the realm is imported, i.e. on a fresh KC_RUN_DIR.
+#   CADDY_PAR_FAPI_APP_SECRET  secret of client fapi-app (default
+#                    fapi-app-secret), same rules. The gateway knows fapi-app
+#                    by its public keys; Keycloak only by this secret.
 #   KC_BOOTSTRAP_ADMIN_USERNAME / KC_BOOTSTRAP_ADMIN_PASSWORD
 #                    master-realm admin (default admin / admin)
 #   KC_HEAP          JVM heap flags (default: -Xms64m -Xmx512m)
@@ -84,6 +87,7 @@ export JAVA_OPTS_KC_HEAP=${KC_HEAP:--Xms64m -Xmx512m}
 export KC_BOOTSTRAP_ADMIN_USERNAME=${KC_BOOTSTRAP_ADMIN_USERNAME:-admin}
 export KC_BOOTSTRAP_ADMIN_PASSWORD=${KC_BOOTSTRAP_ADMIN_PASSWORD:-admin}
 export CADDY_PAR_WEB_APP_SECRET=${CADDY_PAR_WEB_APP_SECRET:-web-app-secret}
+export CADDY_PAR_FAPI_APP_SECRET=${CADDY_PAR_FAPI_APP_SECRET:-fapi-app-secret}
 
 log "Keycloak $KC_VERSION: http://127.0.0.1:$port (public $public_url), run dir $run_dir, JAVA_HOME=$java_home"
 

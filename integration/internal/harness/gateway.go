@@ -15,9 +15,14 @@ import (
 type GatewayClient struct {
 	ID string
 	// SecretEnv names the environment variable holding the secret; the
-	// Caddyfile says `secret {env.NAME}`. Empty means a public client.
+	// Caddyfile says `secret {env.NAME}`. Empty means a public client,
+	// unless Lines is set.
 	SecretEnv    string
 	RedirectURIs []string
+	// Lines are more lines of the client block, as written (jwks_file,
+	// auth_methods, require_dpop...). A client without SecretEnv but with
+	// Lines is not marked public.
+	Lines []string
 }
 
 // GatewayConfig is what the generated Caddyfile says.
@@ -68,16 +73,22 @@ http://127.0.0.1:{{.Port}} {
 		client {{.ID}} {
 {{- if .SecretEnv}}
 			secret {env.{{.SecretEnv}}}
-{{- else}}
+{{- else if not .Lines}}
 			public
 {{- end}}
 			redirect_uris{{range .RedirectURIs}} {{.}}{{end}}
+{{- range .Lines}}
+			{{.}}
+{{- end}}
 		}
 {{- end}}
 	}
 	reverse_proxy {{.Upstream}}
 }
 `))
+
+// QuoteCaddyfile quotes s as one Caddyfile token when it needs it.
+func QuoteCaddyfile(s string) string { return quote(s) }
 
 func quote(s string) string {
 	if strings.ContainsAny(s, " \t\"{}#") {

@@ -44,7 +44,10 @@ type KeycloakConfig struct {
 	PublicURL string // the gateway's origin: issuer and every URL Keycloak emits
 	RunDir    string // H2 database and import dir of this instance
 	Secret    string // secret of client web-app (imported with the realm)
-	LogPath   string
+	// FAPISecret is the secret of client fapi-app (imported with the
+	// realm; empty: start.sh's default).
+	FAPISecret string
+	LogPath    string
 }
 
 // KeycloakReadyTimeout bounds a Keycloak start: about 1.5 min on 2 busy
@@ -67,6 +70,7 @@ func StartKeycloak(ctx context.Context, cfg KeycloakConfig) (*Proc, error) {
 			"KC_HOME=" + cfg.Home,
 			"KC_RUN_DIR=" + cfg.RunDir,
 			"CADDY_PAR_WEB_APP_SECRET=" + cfg.Secret,
+			"CADDY_PAR_FAPI_APP_SECRET=" + cfg.FAPISecret,
 		},
 		LogPath: cfg.LogPath,
 	})
