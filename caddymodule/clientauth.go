@@ -47,10 +47,12 @@ type clientAuthenticator struct {
 }
 
 // audiences is what an endpoint accepts as a client assertion's aud: the
-// issuer and the endpoint URLs (RFC 9126 §2).
+// issuer, the token endpoint and the endpoint's own URLs (RFC 9126 §2).
+// The endpoint URLs are also what a DPoP proof's htu may be.
 type audiences struct {
-	issuer string
-	urls   []string
+	issuer        string
+	tokenEndpoint string
+	endpointURLs  []string
 }
 
 // credentials is what a request presented, before verification.
@@ -174,7 +176,10 @@ func (a *clientAuthenticator) verifyAssertion(ctx context.Context, c *client, cr
 		if aud.issuer != "" {
 			p.Audiences = append(p.Audiences, aud.issuer)
 		}
-		p.Audiences = append(p.Audiences, aud.urls...)
+		if aud.tokenEndpoint != "" {
+			p.Audiences = append(p.Audiences, aud.tokenEndpoint)
+		}
+		p.Audiences = append(p.Audiences, aud.endpointURLs...)
 	}
 	if p.IssuerOnly == "" && len(p.Audiences) == 0 {
 		return newError(http.StatusServiceUnavailable, ErrTemporarilyUnavailable, "the issuer is not known yet, so client assertions cannot be checked; set 'issuer'")

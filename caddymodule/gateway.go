@@ -90,9 +90,11 @@ func (g *gateway) audiences(r *http.Request, next nextHandler) audiences {
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	a.urls = append(a.urls, scheme+"://"+strings.ToLower(r.Host)+g.parEndpoint)
+	a.endpointURLs = append(a.endpointURLs, scheme+"://"+strings.ToLower(r.Host)+g.parEndpoint)
 	meta := g.learnedMeta.Load()
-	if meta == nil && g.issuer == "" {
+	if meta == nil && !g.auth.issuerOnly {
+		// The token endpoint (and the issuer, when not configured) come
+		// from the upstream's discovery document.
 		g.probeDiscovery(r, next)
 		meta = g.learnedMeta.Load()
 	}
@@ -101,14 +103,13 @@ func (g *gateway) audiences(r *http.Request, next nextHandler) audiences {
 		if a.issuer == "" {
 			a.issuer = meta.issuer
 		}
-		for _, u := range []string{meta.parURL, meta.tokenEndpoint} {
-			if u != "" && !slices.Contains(a.urls, u) {
-				a.urls = append(a.urls, u)
-			}
+		a.tokenEndpoint = meta.tokenEndpoint
+		if meta.parURL != "" && !slices.Contains(a.endpointURLs, meta.parURL) {
+			a.endpointURLs = append(a.endpointURLs, meta.parURL)
 		}
 	}
-	if g.mtlsEndpoint != "" && !slices.Contains(a.urls, g.mtlsEndpoint) {
-		a.urls = append(a.urls, g.mtlsEndpoint)
+	if g.mtlsEndpoint != "" && !slices.Contains(a.endpointURLs, g.mtlsEndpoint) {
+		a.endpointURLs = append(a.endpointURLs, g.mtlsEndpoint)
 	}
 	return a
 }

@@ -201,7 +201,7 @@ func (g *gateway) dpopBinding(r *http.Request, c *client, params url.Values, aud
 		}
 		return "", nil
 	}
-	jkt, jti, until, err := verifyDPoPProof(proofs[0], http.MethodPost, aud.urls, g.dpopPolicy)
+	jkt, jti, until, err := verifyDPoPProof(proofs[0], http.MethodPost, aud.endpointURLs, g.dpopPolicy)
 	if err != nil {
 		return "", badRequest(ErrInvalidDPoPProof, "DPoP proof rejected: "+err.Error())
 	}

@@ -671,3 +671,28 @@ func TestCaddyStrongAuthConfigErrorsNameTheDirective(t *testing.T) {
 		})
 	}
 }
+
+// The token endpoint, learned from discovery, is an assertion audience
+// (RFC 9126 §2), but not the htu of a DPoP proof sent to the PAR endpoint
+// (RFC 9449 §4.3).
+func TestCaddyTokenEndpointIsAnAssertionAudienceButNotADPoPTarget(t *testing.T) {
+	keys := saNewKeys(t)
+	doc := `{"issuer":"` + saIssuer + `","authorization_endpoint":"https://idp.example.test/authorize","token_endpoint":"https://idp.example.test/token"}`
+	up := ctNewUpstream(t, map[string]http.HandlerFunc{"/.well-known/openid-configuration": ctJSONHandler(doc)})
+	c := ctStart(t, up, "", saBlock(t, keys))
+	const tokenURL = "https://idp.example.test/token"
+	form := saWithAssertion(saForm(saJWTApp, saJWTRedir), saAssertion(t, keys[jose.ES256], saJWTApp, tokenURL, nil))
+	if r := c.postForm(t, "/par", form.Encode(), nil); r.Status != http.StatusCreated {
+		t.Fatalf("assertion with the token endpoint as aud: %s", r)
+	}
+	form = saWithAssertion(saForm(saJWTApp, saJWTRedir), saAssertion(t, keys[jose.ES256], saJWTApp, saIssuer, nil))
+	hdr := http.Header{"DPoP": {saDPoP(t, saNewKeys(t)[jose.ES256], "POST", tokenURL, nil)}}
+	ctWantJSONError(t, c.postForm(t, "/par", form.Encode(), hdr), http.StatusBadRequest, "invalid_dpop_proof")
+	// The PAR URL that discovery advertises is one (the gateway's origin
+	// as the upstream names it).
+	hdr = http.Header{"DPoP": {saDPoP(t, saNewKeys(t)[jose.ES256], "POST", "https://idp.example.test/par", nil)}}
+	form = saWithAssertion(saForm(saJWTApp, saJWTRedir), saAssertion(t, keys[jose.ES256], saJWTApp, saIssuer, nil))
+	if r := c.postForm(t, "/par", form.Encode(), hdr); r.Status != http.StatusCreated {
+		t.Fatalf("DPoP proof for the advertised PAR URL: %s", r)
+	}
+}
