@@ -490,31 +490,14 @@ func (f *fapiEnv) checkLog(t *testing.T) {
 		t.Skip("no FAPI flow ran in this invocation")
 	}
 	msgs := map[string]int{}
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		if len(line) == 0 {
+	for _, l := range readLogLines(t, b) {
+		if l.own() {
+			msgs[l.Msg]++
+		} else if l.Level == "debug" {
 			continue
 		}
-		var entry struct {
-			Level  string `json:"level"`
-			Logger string `json:"logger"`
-			Msg    string `json:"msg"`
-		}
-		if err := json.Unmarshal(line, &entry); err != nil {
-			t.Errorf("log line is not JSON: %s", clip(string(line), 200))
-			continue
-		}
-		own := strings.HasPrefix(entry.Logger, "http.handlers.oauth_par")
-		if own {
-			msgs[entry.Msg]++
-		}
-		if !own && entry.Level == "debug" {
-			continue
-		}
-		for _, v := range f.distinctive {
-			if bytes.Contains(line, []byte(v)) || bytes.Contains(line, []byte(url.QueryEscape(v))) {
-				t.Errorf("a pushed value (%s…) appears in a %s line of %s: %s", v[:8], entry.Level, entry.Logger, clip(string(line), 300))
-				break
-			}
+		if v, ok := l.leaked(f.distinctive); ok {
+			t.Errorf("a pushed value (%s…) appears in a %s line of %s: %s", v[:8], l.Level, l.Logger, clip(string(l.raw), 300))
 		}
 	}
 	t.Logf("oauth_par log lines: %v", msgs)

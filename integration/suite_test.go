@@ -535,32 +535,17 @@ func (e *idpEnv) checkGatewayLog(t *testing.T) {
 	}
 	msgs := map[string]int{}
 	debugLeaks := map[string]int{}
-	for _, line := range bytes.Split(data, []byte("\n")) {
-		if len(line) == 0 {
-			continue
+	for _, l := range readLogLines(t, data) {
+		if l.own() {
+			msgs[l.Msg]++
 		}
-		var entry struct {
-			Level  string `json:"level"`
-			Logger string `json:"logger"`
-			Msg    string `json:"msg"`
-		}
-		if err := json.Unmarshal(line, &entry); err != nil {
-			t.Errorf("log line is not JSON: %s", clip(string(line), 200))
-			continue
-		}
-		if strings.HasPrefix(entry.Logger, "http.handlers.oauth_par") {
-			msgs[entry.Msg]++
-		}
-		for _, v := range e.distinctive {
-			if !bytes.Contains(line, []byte(v)) && !bytes.Contains(line, []byte(url.QueryEscape(v))) {
-				continue
-			}
-			if strings.HasPrefix(entry.Logger, "http.handlers.oauth_par") || entry.Level != "debug" {
-				t.Errorf("pushed value %s… appears in a %s line of %s: %s", v[:8], entry.Level, entry.Logger, clip(string(line), 400))
-			} else {
-				debugLeaks[entry.Logger+": "+entry.Msg]++
-			}
-			break
+		v, ok := l.leaked(e.distinctive)
+		switch {
+		case !ok:
+		case l.own() || l.Level != "debug":
+			t.Errorf("pushed value %s… appears in a %s line of %s: %s", v[:8], l.Level, l.Logger, clip(string(l.raw), 400))
+		default:
+			debugLeaks[l.Logger+": "+l.Msg]++
 		}
 	}
 	for _, m := range []string{"request issued", "request redeemed", "request rejected"} {
@@ -573,6 +558,47 @@ func (e *idpEnv) checkGatewayLog(t *testing.T) {
 		t.Logf("NOTE: pushed values appear in Caddy's own DEBUG lines (not the gateway's): %v. "+
 			"reverse_proxy logs the upstream request URI and response headers at DEBUG; with forward_method get the URI is the redeemed request.", debugLeaks)
 	}
+}
+
+// logLine is one line of the gateway's JSON log.
+type logLine struct {
+	Level  string `json:"level"`
+	Logger string `json:"logger"`
+	Msg    string `json:"msg"`
+	raw    []byte
+}
+
+// readLogLines parses the gateway's JSON log; a line that is not JSON
+// fails the test.
+func readLogLines(t *testing.T, data []byte) []logLine {
+	t.Helper()
+	var out []logLine
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		l := logLine{raw: line}
+		if err := json.Unmarshal(line, &l); err != nil {
+			t.Errorf("log line is not JSON: %s", clip(string(line), 200))
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// own reports whether the oauth_par handler wrote the line.
+func (l logLine) own() bool { return strings.HasPrefix(l.Logger, "http.handlers.oauth_par") }
+
+// leaked returns the first of values the line holds, as sent or
+// query-escaped.
+func (l logLine) leaked(values []string) (string, bool) {
+	for _, v := range values {
+		if bytes.Contains(l.raw, []byte(v)) || bytes.Contains(l.raw, []byte(url.QueryEscape(v))) {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 func mustJSON(v any) string {
