@@ -58,6 +58,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			redirect_uris  <uri...>
 //			require_par
 //			allowed_scopes <scope...>
+//			allowed_authorization_details_types <type...>
 //			jwks           <JWK Set JSON>
 //			jwks_file      <path>
 //			jwks_uri       <url>
@@ -208,6 +209,10 @@ func unmarshalClient(d *caddyfile.Dispenser) (ClientConfig, error) {
 			}
 		case "allowed_scopes":
 			c.AllowedScopes = append(c.AllowedScopes, d.RemainingArgs()...)
+		case "allowed_authorization_details_types":
+			if err := someArgs(d, &c.AllowedAuthorizationDetailsTypes); err != nil {
+				return c, err
+			}
 		case "auth_methods":
 			c.AuthMethods = append(c.AuthMethods, d.RemainingArgs()...)
 		case "require_par":

@@ -43,6 +43,9 @@ type ClientConfig struct {
 	RequirePAR bool `json:"require_par,omitempty"`
 	// AllowedScopes, when set, limits the scopes the client may push.
 	AllowedScopes []string `json:"allowed_scopes,omitempty"`
+	// AllowedAuthorizationDetailsTypes, when set, limits the types of
+	// pushed authorization_details (RFC 9396).
+	AllowedAuthorizationDetailsTypes []string `json:"allowed_authorization_details_types,omitempty"`
 
 	// The client's public keys, for private_key_jwt, signed request objects
 	// and self_signed_tls_client_auth: at most one of an inline JWK Set,
@@ -75,6 +78,8 @@ type client struct {
 	redirectURIs  map[string]bool
 	requirePAR    bool
 	allowedScopes map[string]bool // nil: any scope
+	// authorizationDetailsTypes: nil allows any type.
+	authorizationDetailsTypes map[string]bool
 
 	// hmacKey is the secret itself, kept only when client_secret_jwt is
 	// allowed (it is the HMAC key, RFC 7523 §2.2 / OIDC Core §9).
@@ -335,6 +340,12 @@ func newClient(c ClientConfig, ks keySource) (*client, error) {
 		cl.allowedScopes = map[string]bool{}
 		for _, s := range c.AllowedScopes {
 			cl.allowedScopes[s] = true
+		}
+	}
+	if len(c.AllowedAuthorizationDetailsTypes) > 0 {
+		cl.authorizationDetailsTypes = map[string]bool{}
+		for _, s := range c.AllowedAuthorizationDetailsTypes {
+			cl.authorizationDetailsTypes[s] = true
 		}
 	}
 	return cl, nil

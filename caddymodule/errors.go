@@ -20,8 +20,10 @@ const (
 	ErrRequestNotSupported     = "request_not_supported"
 	ErrInvalidRequestObject    = "invalid_request_object"
 	ErrInvalidDPoPProof        = "invalid_dpop_proof"
-	ErrTemporarilyUnavailable  = "temporarily_unavailable"
-	ErrServerError             = "server_error"
+	// RFC 9396 §5.
+	ErrInvalidAuthorizationDetails = "invalid_authorization_details"
+	ErrTemporarilyUnavailable      = "temporarily_unavailable"
+	ErrServerError                 = "server_error"
 )
 
 // oauthError is an error the gateway reports to the client in OAuth form.

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -349,6 +350,11 @@ func validatePush(c *client, form url.Values) *oauthError {
 	if oerr := validateScope(c, form.Get("scope")); oerr != nil {
 		return oerr
 	}
+	if form.Has("authorization_details") {
+		if oerr := validateAuthorizationDetails(c, form.Get("authorization_details")); oerr != nil {
+			return oerr
+		}
+	}
 	return validatePKCE(c, form.Get("code_challenge"), form.Get("code_challenge_method"))
 }
 
@@ -363,6 +369,25 @@ func validateScope(c *client, scope string) *oauthError {
 		}
 		if c.allowedScopes != nil && !c.allowedScopes[s] {
 			return badRequest(ErrInvalidScope, "scope "+strconv.Quote(s)+" is not allowed for this client")
+		}
+	}
+	return nil
+}
+
+// validateAuthorizationDetails applies RFC 9396 §2: a JSON array of
+// objects, each with a string type, here also one the client may use.
+func validateAuthorizationDetails(c *client, raw string) *oauthError {
+	var details []map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(raw), &details); err != nil || len(details) == 0 {
+		return badRequest(ErrInvalidAuthorizationDetails, "authorization_details must be a non-empty JSON array of objects")
+	}
+	for i, d := range details {
+		var typ string
+		if d == nil || json.Unmarshal(d["type"], &typ) != nil || typ == "" {
+			return badRequest(ErrInvalidAuthorizationDetails, "authorization_details["+strconv.Itoa(i)+"] has no type")
+		}
+		if c.authorizationDetailsTypes != nil && !c.authorizationDetailsTypes[typ] {
+			return badRequest(ErrInvalidAuthorizationDetails, "authorization_details type "+strconv.Quote(typ)+" is not allowed for this client")
 		}
 	}
 	return nil

@@ -233,3 +233,43 @@ func TestErrorDescriptionsKeepToRFC6749Syntax(t *testing.T) {
 		t.Errorf("escaped quote in %s", w.Body)
 	}
 }
+
+func TestPushValidatesAuthorizationDetails(t *testing.T) {
+	g := newTestGateway(t, func(g *gateway) {
+		g.clients["web-app"].authorizationDetailsTypes = map[string]bool{"payment_initiation": true, "account_information": true}
+	})
+	for _, tc := range []struct {
+		name, details, code string
+	}{
+		{"allowed types", `[{"type":"payment_initiation","instructedAmount":{"currency":"EUR","amount":"1.00"}},{"type":"account_information"}]`, ""},
+		{"not JSON", `[{"type":`, ErrInvalidAuthorizationDetails},
+		{"an object, not an array", `{"type":"payment_initiation"}`, ErrInvalidAuthorizationDetails},
+		{"empty array", `[]`, ErrInvalidAuthorizationDetails},
+		{"element without type", `[{"locations":["https://rs.example"]}]`, ErrInvalidAuthorizationDetails},
+		{"type not a string", `[{"type":7}]`, ErrInvalidAuthorizationDetails},
+		{"element not an object", `["payment_initiation"]`, ErrInvalidAuthorizationDetails},
+		{"type outside the client's list", `[{"type":"payment_initiation"},{"type":"admin"}]`, ErrInvalidAuthorizationDetails},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := g.store.(*memoryCache).used.Load()
+			form := validPush()
+			form.Set("authorization_details", tc.details)
+			_, _, oerr := g.push(parRequest(form, "web-app", testSecret), nil)
+			switch {
+			case tc.code == "" && oerr != nil:
+				t.Fatalf("rejected: %v", oerr)
+			case tc.code != "" && (oerr == nil || oerr.Code != tc.code || oerr.Status != http.StatusBadRequest):
+				t.Fatalf("got %v, want 400 %s", oerr, tc.code)
+			case tc.code != "" && g.store.(*memoryCache).used.Load() != before:
+				t.Errorf("a rejected push changed the store")
+			}
+		})
+	}
+	// Without a per-client list, any type is accepted.
+	form := validPush()
+	form.Set("authorization_details", `[{"type":"anything"}]`)
+	g.clients["web-app"].authorizationDetailsTypes = nil
+	if _, _, oerr := g.push(parRequest(form, "web-app", testSecret), nil); oerr != nil {
+		t.Errorf("rejected: %v", oerr)
+	}
+}
