@@ -357,6 +357,10 @@ func FuzzJWT(f *testing.F) {
 }
 
 // FuzzCaddyfile feeds the body of an oauth_par block to UnmarshalCaddyfile.
+// The tokens come from caddyfile.Tokenize, not NewTestDispenser: that one
+// calls log.Fatalf on a lexer error (a bad heredoc marker, say), which kills
+// the fuzzing worker; such input never reaches a handler in Caddy either,
+// whose adapter returns the lexer's error.
 func FuzzCaddyfile(f *testing.F) {
 	for _, s := range []string{
 		"authorization_endpoint /auth\npar_endpoint /par\nrequest_uri_lifetime 60s\nrequire_par\n",
@@ -373,7 +377,11 @@ func FuzzCaddyfile(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
-		d := caddyfile.NewTestDispenser("oauth_par {\n" + body + "\n}")
+		tokens, err := caddyfile.Tokenize([]byte("oauth_par {\n"+body+"\n}"), "Caddyfile")
+		if err != nil {
+			return
+		}
+		d := caddyfile.NewDispenser(tokens)
 		var h Handler
 		_ = h.UnmarshalCaddyfile(d)
 	})
