@@ -45,8 +45,9 @@ go test -race -count=1 -timeout 10m ./...
 
 step "fuzzing (bounded)"
 # go test -fuzz takes one target per run, so they run one after another:
-# 7 targets x 10 s, about 80 s. A crash fails the step and leaves its input
-# in caddymodule/testdata/fuzz/<target>/: commit it as a regression seed.
+# 7 targets x 10 s, about 100 s with start-up. A crash fails the step and
+# leaves its input in caddymodule/testdata/fuzz/<target>/: commit it as a
+# regression seed.
 for target in FuzzPushForm FuzzBasicAuth FuzzRequestURI FuzzRewriteMetadata \
 	FuzzJWT FuzzCaddyfile FuzzParseDN; do
 	echo "-- $target"
