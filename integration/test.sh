@@ -2,7 +2,9 @@
 # The project's one test command (README: "Test"). From a fresh clone on a
 # fresh machine it installs what the tests need, idempotently, then runs:
 #   1. static checks: gofmt, go vet (all three Go modules);
-#   2. unit and in-process Caddy tests: go test -race ./... at the root;
+#   2. unit and in-process Caddy tests: go test -race ./... at the root,
+#      then each native fuzz target of caddymodule for 10 s (README:
+#      "Fuzzing" for a longer session);
 #   3. end-to-end tests against real Keycloak and Dex upstreams, with
 #      openid-client and headless Chromium, and two gateways sharing a
 #      redis-server (integration/).
@@ -40,6 +42,18 @@ go vet ./...
 
 step "unit and in-process Caddy tests"
 go test -race -count=1 -timeout 10m ./...
+
+step "fuzzing (bounded)"
+# go test -fuzz takes one target per run, so they run one after another:
+# 7 targets x 10 s, about 100 s with start-up. A crash fails the step and
+# leaves its input in caddymodule/testdata/fuzz/<target>/: commit it as a
+# regression seed. Minimizing each new input may take up to 60 s by default,
+# which would eat a 10 s budget (FuzzJWT's inputs are long): cap it at 1 s.
+for target in FuzzPushForm FuzzBasicAuth FuzzRequestURI FuzzRewriteMetadata \
+	FuzzJWT FuzzCaddyfile FuzzParseDN; do
+	echo "-- $target"
+	go test -run '^$' -fuzz "^${target}\$" -fuzztime 10s -fuzzminimizetime 1s ./caddymodule
+done
 
 step "end-to-end tests (Keycloak, Dex, openid-client, Chromium)"
 (cd integration && go test -count=1 -timeout 25m ./...)
