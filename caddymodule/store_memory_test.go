@@ -20,6 +20,26 @@ func newTestCache(t testing.TB, budget int64) *memoryCache {
 	return c
 }
 
+// race starts n goroutines on f at once and counts those that won.
+func race(n int, f func() bool) int {
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if f() {
+				wins.Add(1)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return int(wins.Load())
+}
+
 func entry(client string, ttl time.Duration) PushedRequest {
 	return PushedRequest{ClientID: client, Params: "client_id=" + client + "&response_type=code", ExpiresAt: time.Now().Add(ttl)}
 }
@@ -47,23 +67,12 @@ func TestMemoryStoreConcurrentTakeHasOneWinner(t *testing.T) {
 		if err := c.Put(ctx, key, entry("a", time.Minute)); err != nil {
 			t.Fatal(err)
 		}
-		var wins atomic.Int32
-		var wg sync.WaitGroup
-		start := make(chan struct{})
-		for range 32 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-start
-				if _, err := c.Take(ctx, key, "a"); err == nil {
-					wins.Add(1)
-				}
-			}()
-		}
-		close(start)
-		wg.Wait()
-		if wins.Load() != 1 {
-			t.Fatalf("round %d: %d winners, want 1", round, wins.Load())
+		wins := race(32, func() bool {
+			_, err := c.Take(ctx, key, "a")
+			return err == nil
+		})
+		if wins != 1 {
+			t.Fatalf("round %d: %d winners, want 1", round, wins)
 		}
 	}
 }
@@ -167,23 +176,9 @@ func TestMemoryStoreClaimIsSingleUseUntilExpiry(t *testing.T) {
 
 func TestMemoryStoreConcurrentClaimHasOneWinner(t *testing.T) {
 	c := newTestCache(t, 1<<20)
-	var wins atomic.Int32
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			if c.Claim(t.Context(), "jti/x", time.Now().Add(time.Minute)) == nil {
-				wins.Add(1)
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
-	if wins.Load() != 1 {
-		t.Fatalf("%d claims won, want 1", wins.Load())
+	wins := race(32, func() bool { return c.Claim(t.Context(), "jti/x", time.Now().Add(time.Minute)) == nil })
+	if wins != 1 {
+		t.Fatalf("%d claims won, want 1", wins)
 	}
 }
 
