@@ -781,3 +781,33 @@ func BenchmarkLimiterAllow(b *testing.B) {
 		})
 	})
 }
+
+// BenchmarkPARRequestRateLimited is BenchmarkPARRequest without and with
+// both limits (never reached, so the admitting path is measured), for the
+// limits' share of a whole push.
+func BenchmarkPARRequestRateLimited(b *testing.B) {
+	rate := gcra{interval: 1, tolerance: 1 << 40}
+	for _, on := range []bool{false, true} {
+		b.Run(map[bool]string{false: "off", true: "on"}[on], func(b *testing.B) {
+			g := newTestGateway(b, func(g *gateway) { g.store = newTestCache(b, 1<<30) })
+			if on {
+				g.limits = newRateLimits(rateLimitSettings{source: &rate, prefix6: 64, maxSources: DefaultMaxSources, failCost: 9, clients: map[string]gcra{"web-app": rate}}, monoNow)
+				g.auth.limits = g.limits
+			}
+			body := validPush().Encode()
+			auth := basicHeader("web-app", testSecret)
+			b.ReportAllocs()
+			for b.Loop() {
+				r := httptest.NewRequest(http.MethodPost, "/par", strings.NewReader(body))
+				r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+				r.Header.Set("Authorization", auth)
+				r = withClientIP(r, "203.0.113.5")
+				w := httptest.NewRecorder()
+				g.servePAR(w, r, nil)
+				if w.Code != http.StatusCreated {
+					b.Fatal(w.Code, w.Body)
+				}
+			}
+		})
+	}
+}
