@@ -8,6 +8,7 @@ package caddymodule_test
 // so nothing refills while a test runs.
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -146,6 +147,57 @@ func TestCaddyRateLimitedAssertionIsNotConsumedAndStateSurvivesReload(t *testing
 	c.mustPush(t, saWithAssertion(saForm(saJWTApp, saJWTRedir), held), nil)
 	r := c.postForm(t, "/par", saWithAssertion(saForm(saJWTApp, saJWTRedir), held).Encode(), nil)
 	ctWantJSONError(t, r, http.StatusUnauthorized, "invalid_client")
+}
+
+// A limited push takes nothing from the store: in a full 16 KiB store with
+// room for one more entry, a dozen pushes refused by the per-client limit
+// (each with a fresh client assertion, whose jti would be recorded in the
+// same byte budget) leave that room to the next push.
+func TestCaddyRateLimitedPushesLeaveTheStoreUnchanged(t *testing.T) {
+	keys := saNewKeys(t)
+	up := ctNewUpstream(t, nil)
+	c := ctStart(t, up, "", saBlock(t, keys,
+		"rate_limit {\n\t\t\tper_client 1/1h\n\t\t\tper_source off\n\t\t}",
+		"client filler {\n\t\t\tsecret filler-secret\n\t\t\tredirect_uris https://filler.example.test/cb\n\t\t\trate_limit off\n\t\t}",
+		"store memory {\n\t\t\tmax_size 16KiB\n\t\t}"))
+	jwtPush := func() ctResp {
+		a := saAssertion(t, keys[jose.ES256], saJWTApp, saIssuer, nil)
+		return c.postForm(t, "/par", saWithAssertion(saForm(saJWTApp, saJWTRedir), a).Encode(), nil)
+	}
+	fill := func() ctResp {
+		f := ctWith(ctAppForm(), "client_id", "filler", "redirect_uri", "https://filler.example.test/cb")
+		return c.postForm(t, "/par", f.Encode(), ctBasic("filler", "filler-secret"))
+	}
+	if r := jwtPush(); r.Status != http.StatusCreated {
+		t.Fatalf("first jwt-app push: %s", r)
+	}
+	var uris []string
+	for i := 0; ; i++ {
+		if i == 500 {
+			t.Fatal("the 16 KiB store never filled up")
+		}
+		r := fill()
+		if r.Status == http.StatusServiceUnavailable {
+			break
+		}
+		if r.Status != http.StatusCreated {
+			t.Fatalf("filling: %s", r)
+		}
+		var b struct {
+			RequestURI string `json:"request_uri"`
+		}
+		_ = json.Unmarshal(r.Body, &b)
+		uris = append(uris, b.RequestURI)
+	}
+	if r := c.get(t, ctRedeemQuery("filler", uris[0]), nil); r.Status != http.StatusOK {
+		t.Fatalf("redeem: %s", r)
+	}
+	for range 12 {
+		ctWant429(t, jwtPush(), 3600)
+	}
+	if r := fill(); r.Status != http.StatusCreated {
+		t.Fatalf("the room freed before the limited pushes is gone: %s", r)
+	}
 }
 
 // The defaults are on: per source 1000 at once, 6000 a minute, and a
