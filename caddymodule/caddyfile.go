@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"encoding/json"
 	"math"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -65,6 +66,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			tls_client_auth_subject_dn|_san_dns|_san_uri|_san_ip|_san_email <value>
 //			require_signed_request_object
 //			require_dpop
+//			rate_limit     <events>/<duration> [burst <n>] | off
+//		}
+//		rate_limit off | {
+//			per_client <events>/<duration> [burst <n>] | off
+//			per_source <events>/<duration> [burst <n>] | off
+//			source_ipv6_prefix <bits>
+//			max_sources        <n>
+//			auth_failure_cost  <n>
 //		}
 //		store memory {
 //			max_size <size>
@@ -166,6 +175,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Clients = append(h.Clients, c)
+		case "rate_limit":
+			if h.RateLimit != nil {
+				return d.Err("rate_limit: specified more than once")
+			}
+			rl, err := unmarshalRateLimit(d)
+			if err != nil {
+				return err
+			}
+			h.RateLimit = rl
 		case "store":
 			if h.StoreRaw != nil {
 				return d.Err("store: specified more than once")
@@ -267,6 +285,12 @@ func unmarshalClient(d *caddyfile.Dispenser) (ClientConfig, error) {
 				return c, err
 			}
 			c.RequireDPoP = true
+		case "rate_limit":
+			r, err := rateArgs(d, "client "+strconv.Quote(c.ClientID)+": rate_limit")
+			if err != nil {
+				return c, err
+			}
+			c.RateLimit = r
 		default:
 			return c, d.Errf("client %q: unknown subdirective %q", c.ClientID, d.Val())
 		}

@@ -67,6 +67,10 @@ type ClientConfig struct {
 	RequireSignedRequestObject bool `json:"require_signed_request_object,omitempty"`
 	// RequireDPoP rejects pushes that bind no DPoP key (RFC 9449 §10).
 	RequireDPoP bool `json:"require_dpop,omitempty"`
+
+	// RateLimit, when set, replaces rate_limit's per_client for this
+	// client (or switches it off); a public client is limited only by it.
+	RateLimit *Rate `json:"rate_limit,omitempty"`
 }
 
 // client is the provisioned, immutable form of a ClientConfig.

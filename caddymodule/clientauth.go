@@ -44,6 +44,9 @@ type clientAuthenticator struct {
 	issuerOnly bool
 	// clientCAs validates tls_client_auth chains that Caddy did not.
 	clientCAs *x509.CertPool
+	// limits holds the per-client rate limit, asked once a client has
+	// proved who it is and before its assertion's jti is recorded.
+	limits *rateLimits
 }
 
 // audiences is what an endpoint accepts as a client assertion's aud: the
@@ -120,9 +123,11 @@ func (a *clientAuthenticator) authenticate(r *http.Request, form url.Values, aud
 			return fail("client authentication failed")
 		}
 	case AuthPrivateKeyJWT, AuthClientSecretJWT:
+		// The per-client limit is asked inside, before the jti is recorded.
 		if oerr := a.verifyAssertion(r.Context(), c, cred, aud); oerr != nil {
 			return nil, cred.method, oerr
 		}
+		return c, cred.method, nil
 	case AuthTLSClientAuth, AuthSelfSignedTLSClientAuth:
 		if desc := a.verifyCertificate(r, c, cred.method); desc != "" {
 			return fail(desc)
@@ -130,6 +135,9 @@ func (a *clientAuthenticator) authenticate(r *http.Request, form url.Values, aud
 	case AuthNone:
 		// A public client is identified, not authenticated; PKCE protects
 		// its code (checked with the request).
+	}
+	if oerr := a.limits.admitClient(c); oerr != nil {
+		return nil, cred.method, oerr
 	}
 	return c, cred.method, nil
 }
@@ -188,8 +196,15 @@ func (a *clientAuthenticator) verifyAssertion(ctx context.Context, c *client, cr
 	if err != nil {
 		return newError(http.StatusUnauthorized, ErrInvalidClient, "client assertion rejected: "+err.Error())
 	}
+	// A push refused by the client's rate limit records nothing.
+	if oerr := a.limits.admitClient(c); oerr != nil {
+		return oerr
+	}
 	sum := sha256.Sum256([]byte(jti))
 	err = a.claims.Claim(ctx, a.claimPrefix+"jti/"+c.id+"/"+hex.EncodeToString(sum[:16]), until)
+	if err != nil {
+		a.limits.refundClient(c)
+	}
 	switch {
 	case err == nil:
 		return nil

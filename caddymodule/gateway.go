@@ -41,6 +41,8 @@ type gateway struct {
 	clients map[string]*client
 	auth    *clientAuthenticator
 	store   Store
+	// limits are the PAR endpoint's rate limits (nil: none).
+	limits *rateLimits
 	// partition separates this gateway's entries from those of other sites
 	// sharing the same store.
 	partition string

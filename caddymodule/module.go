@@ -106,6 +106,9 @@ type Handler struct {
 	ClientCAFile string `json:"client_ca_file,omitempty"`
 	// Clients are the OAuth clients allowed to push.
 	Clients []ClientConfig `json:"clients,omitempty"`
+	// RateLimit bounds pushes per client and per source address (429,
+	// RFC 9126 §2.3). Default: on, with the limits in ratelimit.go.
+	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
 	// StoreRaw is the pushed-request store. Default: memory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.oauth_par.stores inline_key=backend"`
 
@@ -276,6 +279,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			member{"request_object_encryption_enc_values_supported", jsonStrings(encs)})
 	}
 
+	rls, err := h.rateLimitSettings(clients)
+	if err != nil {
+		return fmt.Errorf("oauth_par: %w", err)
+	}
+	// Last: Cleanup releases it, and nothing below can fail.
+	limits, err := acquireRateLimits(partition, rls)
+	if err != nil {
+		return fmt.Errorf("oauth_par: rate_limit: %w", err)
+	}
+
 	h.gw = &gateway{
 		authorizationEndpoint:      h.AuthorizationEndpoint,
 		parEndpoint:                h.PAREndpoint,
@@ -306,7 +319,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			times:       times,
 			issuerOnly:  h.fapi2(),
 			clientCAs:   clientCAs,
+			limits:      limits,
 		},
+		limits:    limits,
 		store:     sp.Store(),
 		partition: partition,
 		logger:    ctx.Logger(),
@@ -455,6 +470,15 @@ func (h *Handler) validate() error {
 	return h.checkProfile()
 }
 
+// Cleanup releases this config's share of the rate limit state kept
+// across reloads.
+func (h *Handler) Cleanup() error {
+	if h.gw != nil {
+		h.gw.limits.release()
+	}
+	return nil
+}
+
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	return h.gw.serveHTTP(w, r, next.ServeHTTP)
@@ -464,5 +488,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

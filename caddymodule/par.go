@@ -86,6 +86,13 @@ func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request, next nextHand
 // reject request_uri, unpack a request object (§3), check the DPoP key
 // binding (RFC 9449 §10), validate the request, then store it.
 func (g *gateway) push(r *http.Request, next nextHandler) (clientID string, _ *parResponse, _ *oauthError) {
+	// The per-source rate limit comes first (429, RFC 9126 §2.3): it
+	// guards the body read and the authentication work below. The
+	// per-client one is asked by g.auth once the client is authenticated.
+	src, oerr := g.limits.checkSource(r)
+	if oerr != nil {
+		return "", nil, oerr
+	}
 	if r.Method != http.MethodPost {
 		e := newError(http.StatusMethodNotAllowed, ErrInvalidRequest, "the PAR endpoint accepts only POST")
 		e.header = http.Header{"Allow": {http.MethodPost}}
@@ -109,6 +116,9 @@ func (g *gateway) push(r *http.Request, next nextHandler) (clientID string, _ *p
 	}
 	c, _, oerr := g.auth.authenticate(r, form, aud)
 	if oerr != nil {
+		if oerr.Code == ErrInvalidClient {
+			g.limits.authFailed(src)
+		}
 		return logID(form.Get("client_id")), nil, oerr
 	}
 	// RFC 9126 §2.1: request_uri MUST NOT be provided in a push.

@@ -73,6 +73,7 @@ func jwtParBlock(lifetime, storeSize, jwksFile string, requestObject bool) strin
 		request_uri_lifetime %s
 		require_par
 		max_request_size 64KiB
+		rate_limit off
 		client %s {
 			jwks_file %s
 			auth_methods private_key_jwt

@@ -90,7 +90,8 @@ const caddyGlobal = `{
 `
 
 // parBlock is the oauth_par configuration every gateway scenario uses (the
-// contract of the module), with the given lifetime and store size.
+// contract of the module), with the given lifetime and store size. Rate
+// limits are off: one client on loopback pushes far beyond the defaults.
 func parBlock(lifetime, storeSize string) string {
 	return fmt.Sprintf(`	oauth_par {
 		authorization_endpoint /authorize
@@ -98,6 +99,7 @@ func parBlock(lifetime, storeSize string) string {
 		request_uri_lifetime %s
 		require_par
 		max_request_size 64KiB
+		rate_limit off
 		client %s {
 			secret %s
 			redirect_uris %s
