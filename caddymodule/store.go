@@ -78,9 +78,10 @@ type Store interface {
 	// is removed; with it, the entry stays until min(now + rd.Grace,
 	// ExpiresAt), redeemable again (Redeemed.Again) only with one of
 	// rd.Presented equal to the first redemption's rd.Binding. Any other
-	// attempt on a consumed entry gets ErrNotFound. An entry bound to
-	// another client is left as it is (ErrClientMismatch), so a stolen
-	// reference cannot be burnt by a different client.
+	// attempt on a consumed entry gets ErrNotFound (ErrClientMismatch if it
+	// presents bindings with another client_id). An entry bound to another
+	// client is left as it is (ErrClientMismatch), so a stolen reference
+	// cannot be burnt by a different client.
 	Take(ctx context.Context, ref string, rd Redemption) (Redeemed, error)
 	// Claim records key as used until expiresAt. Of concurrent Claims for
 	// one key exactly one succeeds; the others, and every later one until

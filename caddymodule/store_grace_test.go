@@ -106,6 +106,7 @@ func TestGraceStoreTable(t *testing.T) {
 			{present: ""},
 			{client: "evil", present: "winner", want: ErrClientMismatch},
 			{client: "none", present: "winner", want: ErrClientMismatch},
+			{client: "evil", present: "", want: ErrNotFound}, // no secret: just used
 			{present: "winner", again: true},
 		}},
 		{"a_cookie_on_an_unredeemed_entry_changes_nothing", time.Minute, 5 * time.Second, []graceStep{

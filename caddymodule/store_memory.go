@@ -245,8 +245,9 @@ func (m *memoryCache) Take(_ context.Context, key string, rd Redemption) (Redeem
 // grace, by the same client, presenting the first redeemer's secret.
 func (m *memoryCache) takeAgain(e *memoryEntry, rd Redemption, now time.Time) (Redeemed, error) {
 	g := e.grace.Load()
-	if g == nil || !now.Before(g.until) {
-		// No grace (or the winner has not recorded it yet), or it is over.
+	if g == nil || !now.Before(g.until) || len(rd.Presented) == 0 {
+		// No grace (or the winner has not recorded it yet), it is over, or
+		// no secret to check: used, as far as this redeemer can tell.
 		return Redeemed{}, ErrNotFound
 	}
 	if e.req.ClientID != rd.ClientID {
