@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"reflect"
 	"testing"
 	"time"
@@ -51,6 +53,26 @@ func TestGraceCookieAttributes(t *testing.T) {
 		want := name + "=" + v + "; Path=/realms/demo/protocol/openid-connect/auth; " + tc.want + "; HttpOnly; Secure; SameSite=Lax"
 		if got != want {
 			t.Errorf("Set-Cookie\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+// BenchmarkRedeemWithGrace is BenchmarkRedeem with reuse_grace on: the
+// first redemption also draws a secret, hashes it and sets the cookie.
+func BenchmarkRedeemWithGrace(b *testing.B) {
+	g := newTestGateway(b, func(g *gateway) { g.store = newTestCache(b, 1<<30); g.reuseGrace = DefaultReuseGrace })
+	next := func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(http.StatusOK); return nil }
+	reqs := make([]*http.Request, b.N)
+	for i := range reqs {
+		uri := pushOK(b, g, validPush())
+		reqs[i] = httptest.NewRequest(http.MethodGet, "/authorize?client_id=web-app&request_uri="+url.QueryEscape(uri), nil)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		w := httptest.NewRecorder()
+		if err := g.serveAuthorize(w, reqs[i], next); err != nil || w.Code != http.StatusOK || w.Header().Get("Set-Cookie") == "" {
+			b.Fatal(err, w.Code)
 		}
 	}
 }
