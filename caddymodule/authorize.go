@@ -82,6 +82,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 	}
+	stripGraceCookies(r.Header)
 	g.logOutcome("authorize", logID(clientID), "passed_through", "", "")
 	return next(w, r)
 }
@@ -149,7 +150,15 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 	if !validRef(ref) {
 		return fail(http.StatusBadRequest, ErrInvalidRequestURI, "request_uri is unknown, expired or already used", "")
 	}
-	pushed, err := g.store.Take(r.Context(), g.storeKey(ref), clientID)
+	rd := Redemption{ClientID: clientID}
+	var cookieName, cookieValue string
+	if g.reuseGrace > 0 {
+		cookieName = graceCookieName(ref)
+		cookieValue, rd.Binding = newGraceSecret()
+		rd.Grace = g.reuseGrace
+		rd.Presented = presentedGrace(r, cookieName)
+	}
+	taken, err := g.store.Take(r.Context(), g.storeKey(ref), rd)
 	if err != nil {
 		switch {
 		case errors.Is(err, ErrExpired):
@@ -166,6 +175,7 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 			return fail(http.StatusServiceUnavailable, ErrTemporarilyUnavailable, "the authorization request could not be processed; retry later", ref)
 		}
 	}
+	pushed := taken.PushedRequest
 	values, err := url.ParseQuery(pushed.Params)
 	if err != nil {
 		g.logger.Error("stored pushed request is malformed", zap.Error(err))
@@ -182,6 +192,7 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 	}
 
 	fwd := r.Clone(r.Context())
+	stripGraceCookies(fwd.Header)
 	fwd.Header.Del("Content-Length")
 	fwd.Header.Del("Content-Type")
 	fwd.URL.RawQuery = ""
@@ -199,6 +210,19 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 		fwd.URL.RawQuery = pushed.Params
 	}
 	fwd.RequestURI = fwd.URL.RequestURI()
+	if taken.Again {
+		// The same browser within the grace (a reload, a retry): the same
+		// pushed request again, and no new cookie, so the window stays the
+		// one the first redemption opened.
+		g.logOutcome("authorize", c.id, "redeemed_again", "", ref)
+		return g.forwardKeepingPushedPrivate(w, fwd, next, values)
+	}
+	if rd.Grace > 0 {
+		// The store keeps the grace until min(now + grace, expiry); the
+		// cookie lives no longer.
+		life := min(rd.Grace, pushed.ExpiresAt.Sub(g.now()))
+		http.SetCookie(w, g.graceCookie(cookieName, cookieValue, life))
+	}
 	g.logOutcome("authorize", c.id, "redeemed", "", ref)
 	return g.forwardKeepingPushedPrivate(w, fwd, next, values)
 }

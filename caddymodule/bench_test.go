@@ -70,7 +70,7 @@ func BenchmarkMemoryStorePutTake(b *testing.B) {
 		if err := c.Put(ctx, key, req); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := c.Take(ctx, key, "web-app"); err != nil {
+		if _, err := c.Take(ctx, key, oneTime("web-app")); err != nil {
 			b.Fatal(err)
 		}
 	}

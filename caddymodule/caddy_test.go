@@ -1502,7 +1502,9 @@ func TestCaddyDiscoveryHEADContentLengthMatchesGET(t *testing.T) {
 
 func TestCaddyFullMemoryStoreRefusesPushesButKeepsIssuedRequestURIs(t *testing.T) {
 	up := ctNewUpstream(t, nil)
-	c := ctStart(t, up, "", ctBlock("store memory {\n\t\t\tmax_size 16KiB\n\t\t}"))
+	// Without a reuse grace a redemption frees its room at once (with one,
+	// at the grace's end: TestCaddyReuseGraceHoldsRoomUntilItEnds).
+	c := ctStart(t, up, "", ctBlock("reuse_grace off", "store memory {\n\t\t\tmax_size 16KiB\n\t\t}"))
 	auth := ctBasic(ctAppID, ctAppSecret)
 
 	var issued []string

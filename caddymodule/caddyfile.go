@@ -31,6 +31,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		authorization_endpoint <path>
 //		par_endpoint           <path>
 //		request_uri_lifetime   <duration>
+//		reuse_grace            <duration>|off
 //		require_par
 //		max_request_size       <size>
 //		issuer                 <url>
@@ -111,6 +112,20 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.RequirePAR = true
+		case "reuse_grace":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			var rg caddy.Duration
+			if v != "off" {
+				dur, err := caddy.ParseDuration(v)
+				if err != nil {
+					return d.Errf("reuse_grace: %v (a duration, or off)", err)
+				}
+				rg = caddy.Duration(dur)
+			}
+			h.ReuseGrace = &rg
 		case "profile":
 			if err := oneArg(d, &h.Profile); err != nil {
 				return err

@@ -103,7 +103,7 @@ func FuzzPushForm(f *testing.F) {
 		}
 		// Take it back out, so that the store never fills up, and check
 		// what was stored.
-		pushed, err := cache.Take(context.Background(), g.storeKey(resp.RequestURI[len(requestURIPrefix):]), clientID)
+		pushed, err := cache.Take(context.Background(), g.storeKey(resp.RequestURI[len(requestURIPrefix):]), oneTime(clientID))
 		if err != nil {
 			t.Fatalf("issued request_uri cannot be taken: %v", err)
 		}

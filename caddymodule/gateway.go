@@ -25,6 +25,10 @@ type gateway struct {
 	forwardPOST           bool
 	issuer                string
 
+	// reuseGrace is how long the browser that redeemed a request_uri first
+	// may redeem it again (0: never).
+	reuseGrace time.Duration
+
 	// mtlsEndpoint is the PAR URL advertised for mTLS clients ("" when no
 	// client uses mTLS).
 	mtlsEndpoint string
@@ -76,6 +80,10 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 	case isDiscoveryPath(p):
 		return g.serveDiscovery(w, r, next)
 	default:
+		if strings.HasPrefix(p, g.authorizationEndpoint+"/") {
+			// Grace cookies are sent below their path too: not upstream.
+			stripGraceCookies(r.Header)
+		}
 		return next(w, r)
 	}
 }

@@ -53,6 +53,12 @@ type Handler struct {
 	// RequestURILifetime is how long a request_uri stays valid, 5s to 600s.
 	// Default: 60s.
 	RequestURILifetime caddy.Duration `json:"request_uri_lifetime,omitempty"`
+	// ReuseGrace is how long after a request_uri's first redemption the
+	// same browser (bound by an HttpOnly, Secure cookie set on that
+	// redemption) may redeem it again: reloads and retries. Never past the
+	// request_uri's expiry; at most 60s; 0 disables it. Default: 10s, and 0
+	// under profile fapi2 (FAPI 2.0 wants one-time use).
+	ReuseGrace *caddy.Duration `json:"reuse_grace,omitempty"`
 	// RequirePAR rejects every authorization request that was not pushed.
 	RequirePAR bool `json:"require_par,omitempty"`
 	// MaxRequestSize bounds a PAR request body, in bytes. Default: 64KiB.
@@ -160,6 +166,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.RequestURILifetime == 0 {
 		h.RequestURILifetime = caddy.Duration(DefaultLifetime)
+	}
+	if h.ReuseGrace == nil {
+		d := caddy.Duration(DefaultReuseGrace)
+		h.ReuseGrace = &d
+	} else if h.fapi2() && *h.ReuseGrace > 0 {
+		ctx.Logger().Warn("reuse_grace is on under profile "+h.Profile+": FAPI 2.0 requires one-time use of request_uris; the browser that redeemed one first can redeem it again within the grace",
+			zap.Duration("reuse_grace", time.Duration(*h.ReuseGrace)))
 	}
 	if h.MaxRequestSize == 0 {
 		h.MaxRequestSize = DefaultMaxRequestSize
@@ -293,6 +306,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		authorizationEndpoint:      h.AuthorizationEndpoint,
 		parEndpoint:                h.PAREndpoint,
 		lifetime:                   time.Duration(h.RequestURILifetime),
+		reuseGrace:                 time.Duration(*h.ReuseGrace),
 		requirePAR:                 h.RequirePAR,
 		maxRequestSize:             h.MaxRequestSize,
 		forwardPOST:                h.ForwardMethod == http.MethodPost,
@@ -428,6 +442,16 @@ func (h *Handler) validate() error {
 	}
 	if lt := time.Duration(h.RequestURILifetime); lt < MinLifetime || lt > MaxLifetime {
 		return fmt.Errorf("request_uri_lifetime: %s is outside %s..%s (RFC 9126 §7.1)", lt, MinLifetime, MaxLifetime)
+	}
+	if h.ReuseGrace != nil {
+		rg := time.Duration(*h.ReuseGrace)
+		if rg < 0 || rg > MaxReuseGrace {
+			return fmt.Errorf("reuse_grace: %s is outside 0..%s (0 or off disables it)", rg, MaxReuseGrace)
+		}
+		// The grace cookie's Path is the endpoint; ';' would end it.
+		if p := (&url.URL{Path: h.AuthorizationEndpoint}).EscapedPath(); rg > 0 && strings.Contains(p, ";") {
+			return fmt.Errorf("reuse_grace: authorization_endpoint %q cannot be a cookie path (';'); set reuse_grace off", h.AuthorizationEndpoint)
+		}
 	}
 	if h.MaxRequestSize < 1024 {
 		return fmt.Errorf("max_request_size: must be at least 1KiB, got %d bytes", h.MaxRequestSize)

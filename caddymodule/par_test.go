@@ -87,7 +87,7 @@ func TestPushStoresParametersWithoutCredentials(t *testing.T) {
 		t.Fatal(oerr)
 	}
 	ref := strings.TrimPrefix(resp.RequestURI, requestURIPrefix)
-	got, err := g.store.Take(t.Context(), g.storeKey(ref), "web-app")
+	got, err := g.store.Take(t.Context(), g.storeKey(ref), oneTime("web-app"))
 	if err != nil {
 		t.Fatal(err)
 	}

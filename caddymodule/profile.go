@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"slices"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // Security profiles the `profile` subdirective switches on.
@@ -36,6 +38,12 @@ func (h *Handler) applyProfile() {
 	}
 	// FAPI 2.0 §5.3.2.2: PAR required, every request pushed.
 	h.RequirePAR = true
+	// FAPI 2.0 wants request_uris used once: no reuse grace unless the
+	// configuration asks for one explicitly.
+	if h.ReuseGrace == nil {
+		off := caddy.Duration(0)
+		h.ReuseGrace = &off
+	}
 	if h.Profile == ProfileFAPI2MessageSigning {
 		// FAPI 2.0 Message Signing §5.3.1: signed request objects at PAR.
 		h.RequireSignedRequestObject = true

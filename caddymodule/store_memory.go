@@ -91,6 +91,15 @@ type memoryEntry struct {
 	cost     int64
 	consumed atomic.Bool // set by the one Take that wins
 	released atomic.Bool // budget returned exactly once
+	// grace is set by the first Take when it keeps the entry for
+	// redemptions by the same browser (reuse_grace); nil otherwise.
+	grace atomic.Pointer[memoryGrace]
+}
+
+// memoryGrace is what a first redemption with a grace records on its entry.
+type memoryGrace struct {
+	binding [32]byte
+	until   time.Time
 }
 
 // memoryCache is the Store over ristretto. ristretto may drop a Set under
@@ -111,6 +120,11 @@ type memoryCache struct {
 	claimSeed maphash.Seed
 	stop      chan struct{}
 	stopOnce  sync.Once
+
+	// closeMu orders the deletions at the end of grace windows, which run
+	// on timers, before ristretto's Close (a Del during Close panics).
+	closeMu sync.RWMutex
+	closed  bool
 }
 
 // claimShards spreads Claim's locking; claimOverhead is what one recorded
@@ -189,26 +203,72 @@ func (m *memoryCache) Put(_ context.Context, key string, req PushedRequest) erro
 	return nil
 }
 
-func (m *memoryCache) Take(_ context.Context, key, clientID string) (PushedRequest, error) {
+func (m *memoryCache) Take(_ context.Context, key string, rd Redemption) (Redeemed, error) {
 	e, ok := m.c.Get(key)
 	if !ok || e == nil || subtle.ConstantTimeCompare([]byte(e.key), []byte(key)) != 1 {
-		return PushedRequest{}, ErrNotFound
+		return Redeemed{}, ErrNotFound
 	}
 	// RFC 9126 §4: an expired request_uri MUST be rejected; the cache's TTL
-	// is only approximate, the stored absolute time is authoritative.
-	if !m.now().Before(e.req.ExpiresAt) {
+	// is only approximate, the stored absolute time is authoritative. A
+	// grace never outlasts it.
+	now := m.now()
+	if !now.Before(e.req.ExpiresAt) {
 		m.c.Del(key)
-		return PushedRequest{}, ErrExpired
+		return Redeemed{}, ErrExpired
 	}
-	if e.req.ClientID != clientID {
-		return PushedRequest{}, ErrClientMismatch
+	if e.consumed.Load() {
+		return m.takeAgain(e, rd, now)
+	}
+	if e.req.ClientID != rd.ClientID {
+		return Redeemed{}, ErrClientMismatch
 	}
 	// ristretto has no atomic get-and-delete: the flag decides the winner.
+	// A loser gets ErrNotFound even with a grace: it cannot hold the
+	// winner's secret, which is handed out only after this returns.
 	if !e.consumed.CompareAndSwap(false, true) {
-		return PushedRequest{}, ErrNotFound
+		return Redeemed{}, ErrNotFound
 	}
-	m.c.Del(key)
-	return e.req, nil
+	if rd.Grace <= 0 {
+		m.c.Del(key)
+		return Redeemed{PushedRequest: e.req}, nil
+	}
+	until := now.Add(rd.Grace)
+	if until.After(e.req.ExpiresAt) {
+		until = e.req.ExpiresAt
+	}
+	e.grace.Store(&memoryGrace{binding: rd.Binding, until: until})
+	m.dropAfter(key, until.Sub(now))
+	return Redeemed{PushedRequest: e.req}, nil
+}
+
+// takeAgain is Take of a consumed entry: only a redemption within its
+// grace, by the same client, presenting the first redeemer's secret.
+func (m *memoryCache) takeAgain(e *memoryEntry, rd Redemption, now time.Time) (Redeemed, error) {
+	g := e.grace.Load()
+	if g == nil || !now.Before(g.until) || len(rd.Presented) == 0 {
+		// No grace (or the winner has not recorded it yet), it is over, or
+		// no secret to check: used, as far as this redeemer can tell.
+		return Redeemed{}, ErrNotFound
+	}
+	if e.req.ClientID != rd.ClientID {
+		return Redeemed{}, ErrClientMismatch
+	}
+	if !rd.presents(g.binding) {
+		return Redeemed{}, ErrNotFound
+	}
+	return Redeemed{PushedRequest: e.req, Again: true}, nil
+}
+
+// dropAfter deletes a consumed entry when its grace ends, giving its bytes
+// back to the budget then rather than at its expiry.
+func (m *memoryCache) dropAfter(key string, d time.Duration) {
+	time.AfterFunc(d, func() {
+		m.closeMu.RLock()
+		defer m.closeMu.RUnlock()
+		if !m.closed {
+			m.c.Del(key)
+		}
+	})
 }
 
 // Claim records key until expiresAt; see Store.
@@ -282,6 +342,9 @@ func (m *memoryCache) sweepClaims() {
 // Destruct closes the cache when the last config using it is gone.
 func (m *memoryCache) Destruct() error {
 	m.stopOnce.Do(func() { close(m.stop) })
+	m.closeMu.Lock()
+	m.closed = true
+	m.closeMu.Unlock()
 	m.c.Close()
 	return nil
 }

@@ -40,6 +40,9 @@ func race(n int, f func() bool) int {
 	return int(wins.Load())
 }
 
+// oneTime is a redemption without a reuse grace.
+func oneTime(clientID string) Redemption { return Redemption{ClientID: clientID} }
+
 func entry(client string, ttl time.Duration) PushedRequest {
 	return PushedRequest{ClientID: client, Params: "client_id=" + client + "&response_type=code", ExpiresAt: time.Now().Add(ttl)}
 }
@@ -50,11 +53,11 @@ func TestMemoryStoreTakeIsOneTime(t *testing.T) {
 	if err := c.Put(ctx, "k", entry("a", time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	got, err := c.Take(ctx, "k", "a")
+	got, err := c.Take(ctx, "k", oneTime("a"))
 	if err != nil || got.ClientID != "a" {
 		t.Fatalf("first take: %v %v", got, err)
 	}
-	if _, err := c.Take(ctx, "k", "a"); !errors.Is(err, ErrNotFound) {
+	if _, err := c.Take(ctx, "k", oneTime("a")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second take: %v, want ErrNotFound", err)
 	}
 }
@@ -68,7 +71,7 @@ func TestMemoryStoreConcurrentTakeHasOneWinner(t *testing.T) {
 			t.Fatal(err)
 		}
 		wins := race(32, func() bool {
-			_, err := c.Take(ctx, key, "a")
+			_, err := c.Take(ctx, key, oneTime("a"))
 			return err == nil
 		})
 		if wins != 1 {
@@ -83,10 +86,10 @@ func TestMemoryStoreClientMismatchDoesNotConsume(t *testing.T) {
 	if err := c.Put(ctx, "k", entry("a", time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Take(ctx, "k", "b"); !errors.Is(err, ErrClientMismatch) {
+	if _, err := c.Take(ctx, "k", oneTime("b")); !errors.Is(err, ErrClientMismatch) {
 		t.Fatalf("got %v, want ErrClientMismatch", err)
 	}
-	if _, err := c.Take(ctx, "k", "a"); err != nil {
+	if _, err := c.Take(ctx, "k", oneTime("a")); err != nil {
 		t.Fatalf("rightful client after mismatch: %v", err)
 	}
 }
@@ -101,7 +104,7 @@ func TestMemoryStoreChecksAbsoluteExpiry(t *testing.T) {
 	}
 	// ristretto's own TTL has not run out; the stored time has.
 	c.now = func() time.Time { return now.Add(time.Minute) }
-	if _, err := c.Take(ctx, "k", "a"); !errors.Is(err, ErrExpired) {
+	if _, err := c.Take(ctx, "k", oneTime("a")); !errors.Is(err, ErrExpired) {
 		t.Fatalf("got %v, want ErrExpired", err)
 	}
 }
@@ -133,7 +136,7 @@ func TestMemoryStoreRefusesInsteadOfEvicting(t *testing.T) {
 	}
 	// Every entry that was accepted is still there.
 	for _, key := range stored {
-		if _, err := c.Take(ctx, key, "a"); err != nil {
+		if _, err := c.Take(ctx, key, oneTime("a")); err != nil {
 			t.Fatalf("accepted entry %s vanished: %v", key, err)
 		}
 	}

@@ -330,11 +330,18 @@ const (
 	domainRequest = 'r'
 	domainClaim   = 'j'
 	domainClient  = 'c'
+	domainGrace   = 'g'
 )
 
 // requestKey is the Redis key of a pushed request: prefix "r:" base64url(HMAC).
 func (k keyring) requestKey(prefix, storeKey string) string {
 	return prefix + "r:" + base64.RawURLEncoding.EncodeToString(k.mac(domainRequest, storeKey))
+}
+
+// graceKey is where a redeemed request waits out its reuse grace:
+// prefix "g:" base64url(HMAC).
+func (k keyring) graceKey(prefix, storeKey string) string {
+	return prefix + "g:" + base64.RawURLEncoding.EncodeToString(k.mac(domainGrace, storeKey))
 }
 
 func (k keyring) claimKey(prefix, key string) string {
@@ -426,7 +433,7 @@ func (k keyring) open(redisKey string, v []byte) (PushedRequest, error) {
 
 // ---- the shared backend ----
 
-// takeScript consumes a pushed request in one atomic server-side step.
+// takeScript redeems a pushed request in one atomic server-side step.
 //
 // Why Lua rather than GETDEL plus a re-put on a client mismatch: GETDEL
 // removes the entry before the client binding can be checked, so a request
@@ -440,17 +447,36 @@ func (k keyring) open(redisKey string, v []byte) (PushedRequest, error) {
 // one round trip (EVALSHA; EVAL once after a Redis restart flushed the
 // script cache).
 //
-// KEYS[i] is the entry's key under the current and each old hash key;
-// ARGV[1] is the gateway's clock in Unix ms, ARGV[1+i] the client tag for
-// KEYS[i]. Replies: nil (not found), 0 (expired, now deleted), 1 (bound to
-// another client, left in place), {i, value} (consumed).
+// With a reuse grace, the first redemption moves the value, as stored, to
+// the grace key behind the binding (the SHA-256 of the first redeemer's
+// cookie), with a PX of the grace capped at the entry's expiry: the entry
+// key is gone as without a grace, and the grace key disappears by itself.
+// A later redemption finds only the grace key and gets the value when it
+// presents the binding. Encrypted values are moved unopened: they stay
+// sealed to the entry key.
+//
+// With n hash keys (the current one, then the old ones), KEYS[i] is the
+// entry's key and KEYS[n+i] its grace key under key i. ARGV[1] is the
+// gateway's clock in Unix ms, ARGV[1+i] the client tag under key i,
+// ARGV[n+2] the grace in ms (0: none), ARGV[n+3] the binding to record,
+// ARGV[n+4...] the bindings the browser presented. Replies: nil (not
+// found, or consumed and no presented binding matches), 0 (expired, now
+// deleted), 1 (bound to another client, left in place), {i, value, 0}
+// (first redemption), {i, value, 1} (redeemed again within the grace).
 var takeScript = redis.NewScript(`
+local n = #KEYS / 2
 local now = tonumber(ARGV[1])
-for i, k in ipairs(KEYS) do
+local grace = tonumber(ARGV[n + 2])
+local function expiry(v)
+  local exp = 0
+  for j = 2, 9 do exp = exp * 256 + string.byte(v, j) end
+  return exp
+end
+for i = 1, n do
+  local k = KEYS[i]
   local v = redis.call('GET', k)
   if v then
-    local exp = 0
-    for j = 2, 9 do exp = exp * 256 + string.byte(v, j) end
+    local exp = expiry(v)
     if exp <= now then
       redis.call('DEL', k)
       return 0
@@ -459,7 +485,34 @@ for i, k in ipairs(KEYS) do
       return 1
     end
     redis.call('DEL', k)
-    return {i, v}
+    if grace > 0 then
+      local px = math.min(grace, exp - now)
+      redis.call('SET', KEYS[n + i], ARGV[n + 3] .. v, 'PX', string.format('%d', px))
+    end
+    return {i, v, 0}
+  end
+end
+if #ARGV < n + 4 then
+  return false
+end
+for i = 1, n do
+  local g = redis.call('GET', KEYS[n + i])
+  if g then
+    local v = string.sub(g, 33)
+    if expiry(v) <= now then
+      redis.call('DEL', KEYS[n + i])
+      return 0
+    end
+    if string.sub(v, 10, 25) ~= ARGV[1 + i] then
+      return 1
+    end
+    local binding = string.sub(g, 1, 32)
+    for j = n + 4, #ARGV do
+      if ARGV[j] == binding then
+        return {i, v, 1}
+      end
+    end
+    return false
   end
 end
 return false
@@ -659,56 +712,67 @@ func (b *redisBackend) Put(ctx context.Context, key string, req PushedRequest) e
 	return nil
 }
 
-// Take consumes the entry with takeScript; see there.
-func (b *redisBackend) Take(ctx context.Context, key, clientID string) (PushedRequest, error) {
-	keys := make([]string, len(b.rings))
-	args := make([]any, 1+len(b.rings))
-	args[0] = b.now().UnixMilli()
+// Take redeems the entry with takeScript; see there.
+func (b *redisBackend) Take(ctx context.Context, key string, rd Redemption) (Redeemed, error) {
+	n := len(b.rings)
+	keys := make([]string, 2*n)
+	args := make([]any, 0, 3+n+len(rd.Presented))
+	args = append(args, b.now().UnixMilli())
 	for i, r := range b.rings {
 		keys[i] = r.requestKey(b.prefix, key)
-		args[1+i] = r.clientTag(clientID)
+		keys[n+i] = r.graceKey(b.prefix, key)
+		args = append(args, r.clientTag(rd.ClientID))
+	}
+	if rd.Grace > 0 {
+		args = append(args, ceilMillis(rd.Grace), rd.Binding[:])
+	} else {
+		args = append(args, 0, "")
+	}
+	for _, p := range rd.Presented {
+		args = append(args, p[:])
 	}
 	ctx, cancel := b.opContext(ctx)
 	defer cancel()
 	res, err := takeScript.Run(ctx, b.client, keys, args...).Result()
 	if errors.Is(err, redis.Nil) {
 		b.health.ok()
-		return PushedRequest{}, ErrNotFound
+		return Redeemed{}, ErrNotFound
 	}
 	if err != nil {
-		return PushedRequest{}, b.unavailable("EVALSHA", err)
+		return Redeemed{}, b.unavailable("EVALSHA", err)
 	}
 	b.health.ok()
 	switch res := res.(type) {
 	case int64:
 		if res == 0 {
-			return PushedRequest{}, ErrExpired
+			return Redeemed{}, ErrExpired
 		}
-		return PushedRequest{}, ErrClientMismatch
+		return Redeemed{}, ErrClientMismatch
 	case []any:
-		if len(res) == 2 {
+		if len(res) == 3 {
 			i, _ := res[0].(int64)
 			v, _ := res[1].(string)
-			if i >= 1 && int(i) <= len(b.rings) {
+			again, _ := res[2].(int64)
+			if i >= 1 && int(i) <= n {
 				req, err := b.rings[i-1].open(keys[i-1], []byte(v))
 				if err != nil {
 					// Already deleted; only tampering or a foreign writer
 					// gets here. Report it as unusable, not as an outage.
 					b.health.log().Warn("a pushed request read from Redis could not be opened (tampered, or written by something else); refused")
-					return PushedRequest{}, fmt.Errorf("%w: %v", ErrNotFound, err)
+					return Redeemed{}, fmt.Errorf("%w: %v", ErrNotFound, err)
 				}
 				// The authenticated body is authoritative.
-				if subtle.ConstantTimeCompare([]byte(req.ClientID), []byte(clientID)) != 1 {
-					return PushedRequest{}, fmt.Errorf("%w: stored client differs", ErrNotFound)
+				if subtle.ConstantTimeCompare([]byte(req.ClientID), []byte(rd.ClientID)) != 1 {
+					return Redeemed{}, fmt.Errorf("%w: stored client differs", ErrNotFound)
 				}
 				if !b.now().Before(req.ExpiresAt) {
-					return PushedRequest{}, ErrExpired
+					return Redeemed{}, ErrExpired
 				}
-				return req, nil
+				return Redeemed{PushedRequest: req, Again: again == 1}, nil
 			}
 		}
 	}
-	return PushedRequest{}, fmt.Errorf("%w: unexpected reply from the take script", ErrNotFound)
+	return Redeemed{}, fmt.Errorf("%w: unexpected reply from the take script", ErrNotFound)
 }
 
 // Claim records key with SET NX PX (one round trip; a script while old

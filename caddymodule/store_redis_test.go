@@ -73,11 +73,11 @@ func TestRedisStorePutTakeOnceAndClientBinding(t *testing.T) {
 	}
 	// A wrong client neither gets the entry nor burns it.
 	for range 3 {
-		if _, err := b.Take(ctx, key, "evil"); !errors.Is(err, ErrClientMismatch) {
+		if _, err := b.Take(ctx, key, oneTime("evil")); !errors.Is(err, ErrClientMismatch) {
 			t.Fatalf("take by another client: %v, want ErrClientMismatch", err)
 		}
 	}
-	got, err := b.Take(ctx, key, "web-app")
+	got, err := b.Take(ctx, key, oneTime("web-app"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +85,11 @@ func TestRedisStorePutTakeOnceAndClientBinding(t *testing.T) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
 	for _, s := range []*redisBackend{a, b} {
-		if _, err := s.Take(ctx, key, "web-app"); !errors.Is(err, ErrNotFound) {
+		if _, err := s.Take(ctx, key, oneTime("web-app")); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("second take: %v, want ErrNotFound", err)
 		}
 	}
-	if _, err := a.Take(ctx, testRef(t), "web-app"); !errors.Is(err, ErrNotFound) {
+	if _, err := a.Take(ctx, testRef(t), oneTime("web-app")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown: %v", err)
 	}
 	// A collision never overwrites: the same key cannot be put twice.
@@ -99,7 +99,7 @@ func TestRedisStorePutTakeOnceAndClientBinding(t *testing.T) {
 	if err := b.Put(ctx, key+"x", testPushed("other", time.Minute)); !errors.Is(err, ErrStoreUnavailable) {
 		t.Fatalf("put over an existing key: %v, want ErrStoreUnavailable", err)
 	}
-	if got, err := a.Take(ctx, key+"x", "web-app"); err != nil || got.ClientID != "web-app" {
+	if got, err := a.Take(ctx, key+"x", oneTime("web-app")); err != nil || got.ClientID != "web-app" {
 		t.Fatalf("the first entry was overwritten: %+v %v", got, err)
 	}
 }
@@ -122,7 +122,7 @@ func TestRedisStoreConcurrentTakesHaveOneWinner(t *testing.T) {
 		for i := range 32 {
 			wg.Go(func() {
 				<-start
-				_, err := gws[i%len(gws)].Take(ctx, key, "web-app")
+				_, err := gws[i%len(gws)].Take(ctx, key, oneTime("web-app"))
 				switch {
 				case err == nil:
 					wins.Add(1)
@@ -156,7 +156,7 @@ func TestRedisStoreExpiry(t *testing.T) {
 		t.Fatalf("want one key, got %q", pttl)
 	}
 	time.Sleep(400 * time.Millisecond)
-	if _, err := b.Take(ctx, key, "web-app"); !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrExpired) {
+	if _, err := b.Take(ctx, key, oneTime("web-app")); !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrExpired) {
 		t.Fatalf("after expiry: %v", err)
 	}
 
@@ -168,10 +168,10 @@ func TestRedisStoreExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.now = func() time.Time { return time.Now().Add(61 * time.Second) }
-	if _, err := b.Take(ctx, key, "web-app"); !errors.Is(err, ErrExpired) {
+	if _, err := b.Take(ctx, key, oneTime("web-app")); !errors.Is(err, ErrExpired) {
 		t.Fatalf("expired by the stored time: %v, want ErrExpired", err)
 	}
-	if _, err := a.Take(ctx, key, "web-app"); !errors.Is(err, ErrNotFound) {
+	if _, err := a.Take(ctx, key, oneTime("web-app")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("an expired entry must be gone: %v", err)
 	}
 	if err := a.Put(ctx, testRef(t), testPushed("web-app", -time.Second)); !errors.Is(err, ErrStoreUnavailable) {
@@ -278,10 +278,10 @@ func TestRedisStoreEncryptionHidesValuesAndReferences(t *testing.T) {
 	// A key that does not open: neither a different hash key finds it nor
 	// could it decrypt.
 	wrong, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(2)))
-	if _, err := wrong.Take(ctx, key, "web-app"); !errors.Is(err, ErrNotFound) {
+	if _, err := wrong.Take(ctx, key, oneTime("web-app")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("take with a wrong key: %v, want ErrNotFound", err)
 	}
-	if got, err := enc.Take(ctx, key, "web-app"); err != nil || !strings.Contains(got.Params, secretParam) {
+	if got, err := enc.Take(ctx, key, oneTime("web-app")); err != nil || !strings.Contains(got.Params, secretParam) {
 		t.Fatalf("take with the right key after the wrong one: %+v %v", got, err)
 	}
 }
@@ -299,7 +299,7 @@ func TestRedisStoreValueTamperingIsRefused(t *testing.T) {
 	// Moving a sealed value under another key fails (the key is the AAD).
 	rk1, rk2 := enc.rings[0].requestKey(enc.prefix, k1), enc.rings[0].requestKey(enc.prefix, k2)
 	r.MustCLI("COPY", rk1, rk2, "REPLACE")
-	if _, err := enc.Take(ctx, k2, "web-app"); !errors.Is(err, ErrNotFound) {
+	if _, err := enc.Take(ctx, k2, oneTime("web-app")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("take of a moved value: %v, want ErrNotFound", err)
 	}
 }
@@ -316,10 +316,10 @@ func TestRedisStoreKeyRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	rotated, _ := newTestRedisBackend(t, r, withKeys(redisTestKey(3), redisTestKey(1)))
-	if _, err := rotated.Take(ctx, key, "evil"); !errors.Is(err, ErrClientMismatch) {
+	if _, err := rotated.Take(ctx, key, oneTime("evil")); !errors.Is(err, ErrClientMismatch) {
 		t.Fatalf("mismatch under the old key: %v", err)
 	}
-	got, err := rotated.Take(ctx, key, "web-app")
+	got, err := rotated.Take(ctx, key, oneTime("web-app"))
 	if err != nil || !strings.Contains(got.Params, secretParam) {
 		t.Fatalf("take of an entry written under the old key: %+v %v", got, err)
 	}
@@ -332,10 +332,10 @@ func TestRedisStoreKeyRotation(t *testing.T) {
 	if err := rotated.Put(ctx, key2, testPushed("web-app", time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := old.Take(ctx, key2, "web-app"); !errors.Is(err, ErrNotFound) {
+	if _, err := old.Take(ctx, key2, oneTime("web-app")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("old key reads a new entry: %v", err)
 	}
-	if _, err := rotated.Take(ctx, key2, "web-app"); err != nil {
+	if _, err := rotated.Take(ctx, key2, oneTime("web-app")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -377,7 +377,7 @@ func TestRedisStoreOutage(t *testing.T) {
 				case 0:
 					err = a.Put(ctx, testRef(t), testPushed("web-app", time.Minute))
 				case 1:
-					_, err = a.Take(ctx, before, "web-app")
+					_, err = a.Take(ctx, before, oneTime("web-app"))
 				case 2:
 					err = a.Claim(ctx, fmt.Sprintf("jti/%d", i), time.Now().Add(time.Minute))
 				}
@@ -407,7 +407,7 @@ func TestRedisStoreOutage(t *testing.T) {
 	// Entries pushed before the outage and still valid are redeemable after
 	// it (same process: nothing was lost).
 	waitUp(t, b)
-	if got, err := b.Take(ctx, before, "web-app"); err != nil || got.ClientID != "web-app" {
+	if got, err := b.Take(ctx, before, oneTime("web-app")); err != nil || got.ClientID != "web-app" {
 		t.Fatalf("entry pushed before the hang: %+v %v", got, err)
 	}
 	waitUp(t, a)
@@ -423,7 +423,7 @@ func TestRedisStoreOutage(t *testing.T) {
 	if err := a.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
 		t.Fatalf("push after the restart: %v", err)
 	}
-	if _, err := b.Take(ctx, key, "web-app"); err != nil {
+	if _, err := b.Take(ctx, key, oneTime("web-app")); err != nil {
 		t.Fatalf("redeem after the restart: %v", err)
 	}
 
@@ -475,7 +475,7 @@ func TestRedisStoreOneRoundTripPerOperation(t *testing.T) {
 	// Warm: the first EVALSHA after a start is a NOSCRIPT and an EVAL.
 	k := testRef(t)
 	_ = a.Put(ctx, k, testPushed("web-app", time.Minute))
-	_, _ = a.Take(ctx, k, "web-app")
+	_, _ = a.Take(ctx, k, oneTime("web-app"))
 
 	const n = 50
 	keys := make([]string, n)
@@ -488,7 +488,7 @@ func TestRedisStoreOneRoundTripPerOperation(t *testing.T) {
 	}
 	c1 := r.CommandCalls()
 	for _, k := range keys {
-		if _, err := a.Take(ctx, k, "web-app"); err != nil {
+		if _, err := a.Take(ctx, k, oneTime("web-app")); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -623,7 +623,7 @@ func TestRedisStoreTLS(t *testing.T) {
 	if err := ok.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
 		t.Fatalf("put over TLS: %v", err)
 	}
-	if _, err := ok.Take(ctx, key, "web-app"); err != nil {
+	if _, err := ok.Take(ctx, key, oneTime("web-app")); err != nil {
 		t.Fatalf("take over TLS: %v", err)
 	}
 	// An unverifiable server (system roots, no CA) and a plaintext client
@@ -662,10 +662,10 @@ func TestRedisStoreLeastPrivilegeACL(t *testing.T) {
 		if err := s.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.Take(ctx, key, "evil"); !errors.Is(err, ErrClientMismatch) {
+		if _, err := s.Take(ctx, key, oneTime("evil")); !errors.Is(err, ErrClientMismatch) {
 			t.Fatal(err)
 		}
-		if _, err := s.Take(ctx, key, "web-app"); err != nil {
+		if _, err := s.Take(ctx, key, oneTime("web-app")); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.Claim(ctx, "jti/acl", time.Now().Add(time.Minute)); err != nil {
@@ -714,7 +714,7 @@ func TestRedisStoreSentinelFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := b.Take(ctx, key, "web-app"); err != nil {
+	if _, err := b.Take(ctx, key, oneTime("web-app")); err != nil {
 		t.Fatal(err)
 	}
 	if n := strings.Count(primary.MustCLI("--scan", "--pattern", "test:*"), "\n"); n != 1 {
@@ -748,14 +748,14 @@ func TestRedisStoreSentinelFailover(t *testing.T) {
 	if role := replica.MustCLI("ROLE"); !strings.HasPrefix(role, "master") {
 		t.Fatalf("the replica was not promoted: %q", role)
 	}
-	if got, err := b.Take(ctx, kept, "web-app"); err != nil || got.ClientID != "web-app" {
+	if got, err := b.Take(ctx, kept, oneTime("web-app")); err != nil || got.ClientID != "web-app" {
 		t.Fatalf("entry pushed before the failover: %+v %v", got, err)
 	}
 	key = testRef(t)
 	if err := b.Put(ctx, key, testPushed("web-app", time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Take(ctx, key, "web-app"); err != nil {
+	if _, err := a.Take(ctx, key, oneTime("web-app")); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("outage log: %d lines", logs.FilterMessageSnippet("Redis store").Len())
@@ -804,7 +804,7 @@ func TestRedisStoreFullRedisRefusesPushesKeepsEntries(t *testing.T) {
 		}
 	}
 	for _, k := range stored {
-		if _, err := s.Take(ctx, k, "web-app"); err != nil {
+		if _, err := s.Take(ctx, k, oneTime("web-app")); err != nil {
 			t.Fatalf("an entry that got a 201 is not redeemable in a full Redis: %v", err)
 		}
 	}

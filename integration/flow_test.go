@@ -38,10 +38,18 @@ type FlowConfig struct {
 	ExtraParams  map[string]any `json:"extraParams,omitempty"`
 	Login        FlowLogin      `json:"login"`
 	SecondVisit  bool           `json:"secondVisit,omitempty"`
-	Refresh      bool           `json:"refresh,omitempty"`
-	ArtifactsDir string         `json:"artifactsDir,omitempty"`
-	TimeoutMs    int            `json:"timeoutMs,omitempty"`
-	SettleMs     int            `json:"settleMs,omitempty"`
+	// SecondVisitAfterMs delays the second visit until this long after the
+	// first navigation to the authorization URL.
+	SecondVisitAfterMs int `json:"secondVisitAfterMs,omitempty"`
+	// ReloadLoginPage reloads the login page once when it first shows;
+	// OtherContextVisit then opens the authorization URL in a second,
+	// cookieless browser context before the login.
+	ReloadLoginPage   bool   `json:"reloadLoginPage,omitempty"`
+	OtherContextVisit bool   `json:"otherContextVisit,omitempty"`
+	Refresh           bool   `json:"refresh,omitempty"`
+	ArtifactsDir      string `json:"artifactsDir,omitempty"`
+	TimeoutMs         int    `json:"timeoutMs,omitempty"`
+	SettleMs          int    `json:"settleMs,omitempty"`
 	// AuthorizationOrigin sends the browser to this origin instead of the
 	// discovered one (push at gateway A, redeem at gateway B).
 	AuthorizationOrigin string `json:"authorizationOrigin,omitempty"`
@@ -194,8 +202,11 @@ type FlowResult struct {
 		Scope                 *string `json:"scope"`
 		Error                 any     `json:"error"`
 	} `json:"refresh"`
-	SecondVisit struct {
+	Reload       PageVisit `json:"reload"`
+	OtherContext PageVisit `json:"otherContext"`
+	SecondVisit  struct {
 		Attempted     bool          `json:"attempted"`
+		AfterMs       int           `json:"afterMs"`
 		Result        string        `json:"result"`
 		Status        *int          `json:"status"`
 		URL           string        `json:"url"`
@@ -213,6 +224,38 @@ type FlowResult struct {
 	} `json:"finalPage"`
 	Artifacts []string       `json:"artifacts"`
 	Timings   map[string]int `json:"timings"`
+}
+
+// GraceCookie is a gateway grace cookie as the browser stored it.
+type GraceCookie struct {
+	Name       string   `json:"name"`
+	Value      string   `json:"value"`
+	Domain     string   `json:"domain"`
+	Path       string   `json:"path"`
+	Secure     bool     `json:"secure"`
+	HTTPOnly   bool     `json:"httpOnly"`
+	SameSite   string   `json:"sameSite"`
+	ExpiresInS *float64 `json:"expiresInS"`
+}
+
+// PageVisit is flow.mjs's report of the login page reload or of the visit
+// from a second browser context.
+type PageVisit struct {
+	Attempted     bool          `json:"attempted"`
+	Result        string        `json:"result"` // login, settled, callback, timeout
+	Status        *int          `json:"status"`
+	URL           string        `json:"url"`
+	Title         string        `json:"title"`
+	Text          string        `json:"text"`
+	LoginPageSeen bool          `json:"loginPageSeen"`
+	AfterMs       int           `json:"afterMs"` // since the first navigation to the authorization URL
+	GraceCookies  []GraceCookie `json:"graceCookies"`
+	URLs          []string      `json:"urls"`
+	Requests      []struct {
+		Method string `json:"method"`
+		URL    string `json:"url"`
+		Status *int   `json:"status"`
+	} `json:"requests"`
 }
 
 // pushed returns a pushed parameter as a string ("" if absent).

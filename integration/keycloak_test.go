@@ -300,6 +300,11 @@ func TestKeycloak(t *testing.T) {
 		checkNothingPushedInBrowserURLs(t, r)
 	})
 
+	// Issue 9: Keycloak renders its login form at the authorization URL; a
+	// reload within the reuse grace shows it again and the login completes,
+	// while another browser with the same URL is refused.
+	t.Run("reuse_grace_reload_login_page", e.reloadLoginPageWithinGrace)
+
 	t.Run("gateway_log", e.checkGatewayLog)
 
 	// The gateway is replaced by one with profile fapi2 on the same port

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-par/caddy-par/integration/internal/harness"
 )
@@ -304,12 +305,16 @@ func (e *idpEnv) runCommonFlows(t *testing.T) {
 	})
 
 	// 4: a request_uri is single-use: a second visit after a completed
-	// login shows the gateway's invalid_request_uri page.
+	// login shows the gateway's invalid_request_uri page. The visit comes
+	// after the gateway's reuse grace: within it this browser, which holds
+	// the grace cookie, would have the request forwarded again (that is
+	// reuse_grace_reload_login_page; another browser never would).
 	t.Run("request_uri_reuse", func(t *testing.T) {
 		dir := e.subtestDir(t)
 		cfg := e.flow("web-app")
 		cfg.Scope = "openid email profile"
 		cfg.SecondVisit = true
+		cfg.SecondVisitAfterMs = int((defaultReuseGrace + time.Second).Milliseconds())
 		r := runFlow(t, dir, cfg)
 		e.remember(r)
 		requireTokens(t, r)
@@ -326,6 +331,9 @@ func (e *idpEnv) runCommonFlows(t *testing.T) {
 		}
 		if r.CallbackHits != 1 {
 			t.Errorf("callback hits = %d, want 1", r.CallbackHits)
+		}
+		if sv.AfterMs < int(defaultReuseGrace.Milliseconds()) {
+			t.Errorf("the second visit came %d ms after the first, within the reuse grace", sv.AfterMs)
 		}
 	})
 

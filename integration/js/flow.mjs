@@ -211,6 +211,17 @@ function loadConfig(file) {
       consentSelector: login.consentSelector || null,
     },
     secondVisit: raw.secondVisit === true,
+    // The second visit starts no earlier than this many ms after the first
+    // navigation to the authorization URL (e.g. after the gateway's
+    // reuse_grace has ended).
+    secondVisitAfterMs: Number(raw.secondVisitAfterMs) > 0 ? Number(raw.secondVisitAfterMs) : 0,
+    // Reload the login page once when it first shows (a user pressing F5 on
+    // a login form served at the authorization URL), and carry on with the
+    // reloaded page.
+    reloadLoginPage: raw.reloadLoginPage === true,
+    // Then, before logging in, open the same authorization URL in a second,
+    // fresh browser context (no cookies): another browser with the URL.
+    otherContextVisit: raw.otherContextVisit === true,
     refresh: raw.refresh === true,
     artifactsDir: raw.artifactsDir || null,
     timeoutMs: Number(raw.timeoutMs) > 0 ? Number(raw.timeoutMs) : 60000,
@@ -568,16 +579,20 @@ async function runFlow(cfg, R, S) {
     timeout: 30000,
   });
   R.versions.chromium = S.browser.version();
-  const context = await S.browser.newContext({ ignoreHTTPSErrors: false });
   const allowed = new Set(cfg.allowHosts);
-  await context.route(
-    (u) => (u.protocol === 'http:' || u.protocol === 'https:' || u.protocol === 'ws:' || u.protocol === 'wss:')
-      && !isLoopbackHost(u.hostname) && !allowed.has(u.hostname),
-    (route) => {
-      R.blockedRequests.push(route.request().url());
-      return route.abort('blockedbyclient');
-    },
-  );
+  const newContext = async () => {
+    const ctx = await S.browser.newContext({ ignoreHTTPSErrors: false });
+    await ctx.route(
+      (u) => (u.protocol === 'http:' || u.protocol === 'https:' || u.protocol === 'ws:' || u.protocol === 'wss:')
+        && !isLoopbackHost(u.hostname) && !allowed.has(u.hostname),
+      (route) => {
+        R.blockedRequests.push(route.request().url());
+        return route.abort('blockedbyclient');
+      },
+    );
+    return ctx;
+  };
+  const context = await newContext();
   const page = await context.newPage();
   S.page = page;
   mark('browserLaunchMs', t);
@@ -590,9 +605,80 @@ async function runFlow(cfg, R, S) {
   S.stage = 'authorize';
   S.phase = 'main';
   t = Date.now();
+  const authorizeStart = Date.now();
   await navigate(page, authUrl.href, R, S);
   let step = await waitProgress(page, cfg, S, { wantLogin: true, wantConsent: true, callbacksBefore: 0 });
   log('after authorization request:', step);
+
+  // --- reload of the login page, another browser ----------------------------
+  // The login form is served at the authorization URL (Keycloak): a reload
+  // sends the used request_uri again. The gateway's reuse_grace lets this
+  // browser (its grace cookie) redeem it again; another browser must not.
+  if (cfg.reloadLoginPage) {
+    S.stage = 'reload';
+    R.reload = { attempted: true, before: await pageInfo(page, S), graceCookies: await graceCookies(context) };
+    if (step !== 'login') {
+      throw Object.assign(new Error(`reloadLoginPage: the authorization request led to ${step}, not a login page`), { outcome: 'error_page' });
+    }
+    S.phase = 'reload';
+    const reqBefore = R.browserRequests.length;
+    const rt = Date.now();
+    S.lastActivity = Date.now();
+    let navError = null;
+    try {
+      await page.reload({ waitUntil: 'domcontentloaded', timeout: Math.max(1000, S.deadline - Date.now()) });
+    } catch (e) {
+      navError = errMessage(e).split('\n')[0];
+      R.navigationErrors.push({ phase: S.phase, url: page.url(), error: navError });
+    }
+    step = await waitProgress(page, cfg, S, { wantLogin: true, wantConsent: true, callbacksBefore: 0 });
+    const info = await pageInfo(page, S);
+    Object.assign(R.reload, {
+      result: step,
+      status: info.status,
+      url: info.url,
+      title: info.title,
+      text: info.text,
+      navigationError: navError,
+      loginPageSeen: step === 'login',
+      afterMs: rt - authorizeStart,
+      requests: R.browserRequests.slice(reqBefore).filter((r) => r.navigation).map((r) => ({ method: r.method, url: r.url, status: r.status })),
+    });
+    await screenshot(page, cfg, 'reloaded.png', R);
+    S.phase = 'main';
+    log('after reloading the login page:', step);
+  }
+  if (cfg.otherContextVisit) {
+    S.stage = 'other-context';
+    const ot = Date.now();
+    const other = await newContext();
+    try {
+      const op = await other.newPage();
+      const O = { browserRequests: [], navigations: [], navigationErrors: [] };
+      const OS = { phase: 'otherContext', deadline: S.deadline, lastActivity: Date.now(), lastDocument: null, callbacks: S.callbacks };
+      attachRecorders(other, op, O, OS);
+      const nav = await navigate(op, authUrl.href, O, OS);
+      const ostep = await waitProgress(op, cfg, OS, { wantLogin: true, wantConsent: false, callbacksBefore: S.callbacks.length });
+      const info = await pageInfo(op, OS);
+      R.otherContext = {
+        attempted: true,
+        result: ostep,
+        status: info.status,
+        url: info.url,
+        title: info.title,
+        text: info.text,
+        navigationError: nav.error ?? null,
+        loginPageSeen: ostep === 'login',
+        afterMs: ot - authorizeStart,
+        graceCookies: await graceCookies(other),
+        urls: [...new Set(O.browserRequests.map((r) => r.url))],
+      };
+      await screenshot(op, cfg, 'other-context.png', R);
+    } finally {
+      await other.close().catch(() => {});
+    }
+    log('other browser context:', R.otherContext.result, R.otherContext.status);
+  }
 
   let consentClicks = 0;
   if (step === 'login') {
@@ -726,6 +812,11 @@ async function runFlow(cfg, R, S) {
   if (cfg.secondVisit) {
     S.stage = 'second-visit';
     S.phase = 'secondVisit';
+    const wait = authorizeStart + cfg.secondVisitAfterMs - Date.now();
+    if (wait > 0) {
+      log(`waiting ${wait} ms before the second visit`);
+      await sleep(Math.min(wait, Math.max(0, S.deadline - Date.now() - 10000)));
+    }
     t = Date.now();
     const before = S.callbacks.length;
     const reqBefore = R.browserRequests.length;
@@ -735,6 +826,7 @@ async function runFlow(cfg, R, S) {
     const info = await pageInfo(page, S);
     R.secondVisit = {
       attempted: true,
+      afterMs: t - authorizeStart,
       result: step2, // 'settled' | 'callback' | 'login' | 'timeout'
       status: info.status,
       url: info.url,
@@ -755,6 +847,24 @@ async function runFlow(cfg, R, S) {
   R.finalPage = await pageInfo(page, S);
   R.outcome = 'tokens';
   R.ok = true;
+}
+
+// The gateway's grace cookies in a browser context, as the browser keeps
+// them (Playwright sees HttpOnly cookies too).
+async function graceCookies(context) {
+  const now = Date.now() / 1000;
+  return (await context.cookies())
+    .filter((c) => c.name.startsWith('__Secure-oauth_par_'))
+    .map((c) => ({
+      name: c.name,
+      value: c.value,
+      domain: c.domain,
+      path: c.path,
+      secure: c.secure,
+      httpOnly: c.httpOnly,
+      sameSite: c.sameSite,
+      expiresInS: c.expires > 0 ? Math.round((c.expires - now) * 10) / 10 : null,
+    }));
 }
 
 function describeCallback(cb, expectedState) {
@@ -949,6 +1059,9 @@ async function main() {
       usePAR: cfg.usePAR,
       extraParamNames: Object.keys(cfg.extraParams),
       secondVisit: cfg.secondVisit,
+      secondVisitAfterMs: cfg.secondVisitAfterMs,
+      reloadLoginPage: cfg.reloadLoginPage,
+      otherContextVisit: cfg.otherContextVisit,
       refresh: cfg.refresh,
       verifyIdTokenSignature: cfg.verifyIdTokenSignature,
       timeoutMs: cfg.timeoutMs,
@@ -997,6 +1110,8 @@ async function main() {
     issMatches: null,
     refresh: { attempted: false },
     secondVisit: { attempted: false },
+    reload: { attempted: false },
+    otherContext: { attempted: false },
     finalPage: null,
     artifacts: [],
     timings: {},
