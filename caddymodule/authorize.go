@@ -29,7 +29,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		e := newError(http.StatusMethodNotAllowed, ErrInvalidRequest, "the authorization endpoint accepts GET and POST")
 		e.header = http.Header{"Allow": {"GET, POST"}}
-		g.logOutcome("authorize", "", "rejected", e.Code, "")
+		g.logOutcome(r, epAuthorize, "", "", "rejected", e.Code, "")
 		writeBrowserError(w, r, e)
 		return nil
 	}
@@ -44,7 +44,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 	}
 	if err != nil {
 		e := badRequest(ErrInvalidRequest, err.Error())
-		g.logOutcome("authorize", "", "rejected", e.Code, "")
+		g.logOutcome(r, epAuthorize, "", "", "rejected", e.Code, "")
 		writeBrowserError(w, r, e)
 		return nil
 	}
@@ -59,7 +59,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 	// whose PAR policy was checked here.
 	if len(params["client_id"]) > 1 {
 		e := badRequest(ErrInvalidRequest, "client_id must be sent once")
-		g.logOutcome("authorize", "", "rejected", e.Code, "")
+		g.logOutcome(r, epAuthorize, "", "", "rejected", e.Code, "")
 		writeBrowserError(w, r, e)
 		return nil
 	}
@@ -83,7 +83,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 		r.ContentLength = int64(len(body))
 	}
 	stripGraceCookies(r.Header)
-	g.logOutcome("authorize", logID(clientID), "passed_through", "", "")
+	g.logOutcome(r, epAuthorize, logID(clientID), "", "passed_through", "", "")
 	return next(w, r)
 }
 
@@ -114,7 +114,7 @@ func (g *gateway) readAuthorizeForm(r *http.Request) ([]byte, url.Values, error)
 func (g *gateway) rejectUnpushed(w http.ResponseWriter, r *http.Request, next nextHandler, c *client, params url.Values, e *oauthError) {
 	ru := params.Get("redirect_uri")
 	if c != nil && len(params["redirect_uri"]) == 1 && c.redirectURIs[ru] && len(params["state"]) <= 1 {
-		g.logOutcome("authorize", c.id, "rejected", e.Code, "")
+		g.logOutcome(r, epAuthorize, c.id, "", "rejected", e.Code, "")
 		redirectError(w, ru, params.Get("state"), g.responseIssuer(r, next), e)
 		return
 	}
@@ -126,7 +126,7 @@ func (g *gateway) rejectUnpushed(w http.ResponseWriter, r *http.Request, next ne
 		id = c.id
 		e.Description += "; the error cannot be returned to the application because the redirect_uri is missing or not registered"
 	}
-	g.logOutcome("authorize", id, "rejected", e.Code, "")
+	g.logOutcome(r, epAuthorize, id, "", "rejected", e.Code, "")
 	writeBrowserError(w, r, e)
 }
 
@@ -135,7 +135,7 @@ func (g *gateway) rejectUnpushed(w http.ResponseWriter, r *http.Request, next ne
 func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandler, params url.Values) error {
 	clientID := params.Get("client_id")
 	fail := func(status int, code, desc, ref string) error {
-		g.logOutcome("authorize", logID(clientID), "rejected", code, ref)
+		g.logOutcome(r, epRedeem, logID(clientID), "", "rejected", code, ref)
 		writeBrowserError(w, r, newError(status, code, desc))
 		return nil
 	}
@@ -214,7 +214,7 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 		// The same browser within the grace (a reload, a retry): the same
 		// pushed request again, and no new cookie, so the window stays the
 		// one the first redemption opened.
-		g.logOutcome("authorize", c.id, "redeemed_again", "", ref)
+		g.logOutcome(r, epRedeem, c.id, "", "redeemed_again", "", ref)
 		return g.forwardKeepingPushedPrivate(w, fwd, next, values)
 	}
 	if rd.Grace > 0 {
@@ -223,7 +223,7 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 		life := min(rd.Grace, pushed.ExpiresAt.Sub(g.now()))
 		http.SetCookie(w, g.graceCookie(cookieName, cookieValue, life))
 	}
-	g.logOutcome("authorize", c.id, "redeemed", "", ref)
+	g.logOutcome(r, epRedeem, c.id, "", "redeemed", "", ref)
 	return g.forwardKeepingPushedPrivate(w, fwd, next, values)
 }
 

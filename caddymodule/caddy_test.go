@@ -1694,7 +1694,7 @@ func TestCaddyLogsOutcomesWithoutSecretsOrPushedValues(t *testing.T) {
 			if err := json.Unmarshal([]byte(l), &m); err != nil {
 				t.Fatalf("log line is not JSON: %q", l)
 			}
-			if m["logger"] == "http.handlers.oauth_par" {
+			if l, _ := m["logger"].(string); l == "http.handlers.oauth_par" || l == "http.handlers.oauth_par.audit" {
 				ours = append(ours, line{l, m})
 			}
 		}

@@ -79,6 +79,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		store memory {
 //			max_size <size>
 //		}
+//		audit on|off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -199,6 +200,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.RateLimit = rl
+		case "audit":
+			var v string
+			if err := oneArg(d, &v); err != nil {
+				return err
+			}
+			switch v {
+			case "on":
+				h.DisableAudit = false
+			case "off":
+				h.DisableAudit = true
+			default:
+				return d.Errf("audit: %q is not on or off", v)
+			}
 		case "store":
 			if h.StoreRaw != nil {
 				return d.Err("store: specified more than once")

@@ -1,8 +1,6 @@
 package caddymodule
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"net/http"
 	"slices"
 	"strconv"
@@ -11,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
 
@@ -53,6 +52,10 @@ type gateway struct {
 
 	logger *zap.Logger
 	now    func() time.Time
+	// audit is the audit trail's logger (audit.go); nil when audit is off.
+	audit *zap.Logger
+	// metrics are the Prometheus collectors (metrics.go); nil in unit tests.
+	metrics *parMetrics
 
 	// learnedIss is the iss for error redirects taken from discovery; nil
 	// until known ("" when the upstream does not promise RFC 9207).
@@ -144,28 +147,40 @@ func (g *gateway) serveJWKS(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// logOutcome writes the one log line of a PAR or authorization outcome.
-// Never parameter values or whole request_uris: only a short fingerprint of
-// the reference, enough to correlate a push with its redemption.
-// Successes are per-request traffic and go to debug, as in Caddy's own
-// handlers; rejections are what an operator watches for. Nothing is built
-// for a line the level would drop.
-func (g *gateway) logOutcome(endpoint, clientID, outcome, code, ref string) {
-	level, msg := zap.DebugLevel, "request "+outcome
-	if outcome == "rejected" {
-		level, msg = zap.InfoLevel, "request rejected"
+// logOutcome records the outcome of a push or an authorization request:
+// the metrics, and one log line. Pushes, redemptions and rejections are
+// events of the audit trail (audit.go), unless it is off; other lines go to
+// the handler's own logger, successes at debug as in Caddy's own handlers,
+// rejections at info. Never parameter values or whole request_uris: only a
+// short fingerprint of the reference, enough to correlate a push with its
+// redemption. Nothing is built for a line the level would drop.
+//
+// authMethod is the client authentication method a push used or tried
+// ("" where there is none, as at the authorization endpoint).
+func (g *gateway) logOutcome(r *http.Request, ep endpointKind, clientID, authMethod, outcome, code, ref string) {
+	vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if g.metrics != nil {
+		start, _ := vars[caddyStartTimeVar].(time.Time)
+		g.metrics.observe(ep, g.metricClient(clientID), outcome, code, start)
 	}
-	ce := g.logger.Check(level, msg)
+	if g.audit != nil && outcome != "passed_through" {
+		g.auditEvent(r, vars, ep, clientID, authMethod, outcome, code, ref)
+		return
+	}
+	level := zap.DebugLevel
+	if outcome == "rejected" {
+		level = zap.InfoLevel
+	}
+	ce := g.logger.Check(level, outcomeMessage(outcome))
 	if ce == nil {
 		return
 	}
-	fields := []zap.Field{zap.String("endpoint", endpoint), zap.String("client_id", clientID), zap.String("outcome", outcome)}
+	fields := []zap.Field{zap.String("endpoint", ep.logName()), zap.String("client_id", clientID), zap.String("outcome", outcome)}
 	if code != "" {
 		fields = append(fields, zap.String("error", code))
 	}
 	if ref != "" {
-		sum := sha256.Sum256([]byte(ref))
-		fields = append(fields, zap.String("request_uri_fp", hex.EncodeToString(sum[:6])))
+		fields = append(fields, zap.String("request_uri_fp", refFingerprint(ref)))
 	}
 	ce.Write(fields...)
 }

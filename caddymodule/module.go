@@ -115,6 +115,10 @@ type Handler struct {
 	// RateLimit bounds pushes per client and per source address (429,
 	// RFC 9126 §2.3). Default: on, with the limits in ratelimit.go.
 	RateLimit *RateLimitConfig `json:"rate_limit,omitempty"`
+	// DisableAudit turns the audit trail off: no event per push,
+	// redemption and rejection on the http.handlers.oauth_par.audit logger
+	// (rejections are then logged on the handler's logger, at info).
+	DisableAudit bool `json:"disable_audit,omitempty"`
 	// StoreRaw is the pushed-request store. Default: memory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.oauth_par.stores inline_key=backend"`
 
@@ -193,6 +197,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if !ok {
 		return fmt.Errorf("oauth_par: store: module %T is not a pushed request store", mod)
 	}
+
+	metrics, err := provisionMetrics(ctx)
+	if err != nil {
+		return fmt.Errorf("oauth_par: metrics: %w", err)
+	}
+	store := newMeteredStore(sp.Store(), metrics)
 
 	// Entries are partitioned per endpoint pair, so that two sites sharing
 	// the same store cannot redeem each other's request_uris.
@@ -326,7 +336,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		clients:    clients,
 		auth: &clientAuthenticator{
 			clients:     clients,
-			claims:      sp.Store(),
+			claims:      store,
 			claimPrefix: partition,
 			algs:        assertionAlgs,
 			maxLifetime: time.Duration(h.AssertionMaxLifetime),
@@ -336,10 +346,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			limits:      limits,
 		},
 		limits:    limits,
-		store:     sp.Store(),
+		store:     store,
 		partition: partition,
 		logger:    ctx.Logger(),
 		now:       time.Now,
+		audit:     newAuditLogger(ctx.Logger(), h.DisableAudit),
+		metrics:   metrics,
 	}
 	if sk != nil {
 		h.gw.requestObjectPolicy.Decrypt = sk.decrypt

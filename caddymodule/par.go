@@ -65,13 +65,14 @@ type parResponse struct {
 
 // servePAR is the pushed authorization request endpoint (RFC 9126 §2).
 func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request, next nextHandler) {
-	clientID, resp, oerr := g.push(r, next)
+	var method string
+	clientID, resp, oerr := g.pushAuth(r, next, &method)
 	if oerr != nil {
-		g.logOutcome("par", clientID, "rejected", oerr.Code, "")
+		g.logOutcome(r, epPAR, clientID, method, "rejected", oerr.Code, "")
 		writeJSONError(w, oerr)
 		return
 	}
-	g.logOutcome("par", clientID, "issued", "", resp.RequestURI[len(requestURIPrefix):])
+	g.logOutcome(r, epPAR, clientID, method, "issued", "", resp.RequestURI[len(requestURIPrefix):])
 	// The members need no escaping (URN and base64url): skip reflection.
 	b := make([]byte, 0, 96)
 	b = append(b, `{"request_uri":"`...)
@@ -82,10 +83,11 @@ func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request, next nextHand
 	writeJSON(w, http.StatusCreated, b)
 }
 
-// push runs the RFC 9126 §2.1 steps in order: authenticate the client,
+// pushAuth runs the RFC 9126 §2.1 steps in order: authenticate the client,
 // reject request_uri, unpack a request object (§3), check the DPoP key
-// binding (RFC 9449 §10), validate the request, then store it.
-func (g *gateway) push(r *http.Request, next nextHandler) (clientID string, _ *parResponse, _ *oauthError) {
+// binding (RFC 9449 §10), validate the request, then store it. It sets
+// *authMethod to the authentication method used or tried.
+func (g *gateway) pushAuth(r *http.Request, next nextHandler, authMethod *string) (clientID string, _ *parResponse, _ *oauthError) {
 	// The per-source rate limit comes first (429, RFC 9126 §2.3): it
 	// guards the body read and the authentication work below. The
 	// per-client one is asked by g.auth once the client is authenticated.
@@ -114,7 +116,8 @@ func (g *gateway) push(r *http.Request, next nextHandler) (clientID string, _ *p
 	if form.Has("client_assertion") || form.Has("request") || r.Header.Get("DPoP") != "" {
 		aud = g.audiences(r, next)
 	}
-	c, _, oerr := g.auth.authenticate(r, form, aud)
+	var c *client
+	c, *authMethod, oerr = g.auth.authenticate(r, form, aud)
 	if oerr != nil {
 		if oerr.Code == ErrInvalidClient {
 			g.limits.authFailed(src)

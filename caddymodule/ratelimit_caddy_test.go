@@ -159,6 +159,8 @@ func TestCaddyRateLimitedPushesLeaveTheStoreUnchanged(t *testing.T) {
 	c := ctStart(t, up, "", saBlock(t, keys,
 		"rate_limit {\n\t\t\tper_client 1/1h\n\t\t\tper_source off\n\t\t}",
 		"client filler {\n\t\t\tsecret filler-secret\n\t\t\tredirect_uris https://filler.example.test/cb\n\t\t\trate_limit off\n\t\t}",
+		// A redeemed entry frees its room at once, not after the grace.
+		"reuse_grace off",
 		"store memory {\n\t\t\tmax_size 16KiB\n\t\t}"))
 	jwtPush := func() ctResp {
 		a := saAssertion(t, keys[jose.ES256], saJWTApp, saIssuer, nil)

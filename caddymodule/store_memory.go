@@ -112,6 +112,8 @@ type memoryCache struct {
 	budget int64
 	used   atomic.Int64
 	now    func() time.Time
+	// entries counts the pushed requests holding budget (metrics).
+	entries atomic.Int64
 
 	// claims are the single-use keys (jti) recorded by Claim. They share
 	// the byte budget with pushed requests, so an attacker who can mint
@@ -176,6 +178,7 @@ func newMemoryCache(budget int64) (*memoryCache, error) {
 func (m *memoryCache) release(e *memoryEntry) {
 	if e != nil && e.released.CompareAndSwap(false, true) {
 		m.used.Add(-e.cost)
+		m.entries.Add(-1)
 	}
 }
 
@@ -188,8 +191,9 @@ func (m *memoryCache) Put(_ context.Context, key string, req PushedRequest) erro
 	e.cost = int64(len(key)+len(req.ClientID)+len(req.Params)) + entryOverhead
 	if m.used.Add(e.cost) > m.budget {
 		m.used.Add(-e.cost)
-		return fmt.Errorf("%w: memory store is full", ErrStoreUnavailable)
+		return errMemoryStoreFull
 	}
+	m.entries.Add(1)
 	if !m.c.SetWithTTL(key, e, e.cost, ttl) {
 		m.release(e)
 		return fmt.Errorf("%w: write dropped under contention", ErrStoreUnavailable)
@@ -294,11 +298,11 @@ func (m *memoryCache) Claim(_ context.Context, key string, expiresAt time.Time) 
 		m.used.Add(-cost)
 		// Expired records of this shard may be what fills the budget.
 		if m.sweepShard(sh, now) == 0 {
-			return fmt.Errorf("%w: memory store is full", ErrStoreUnavailable)
+			return errMemoryStoreFull
 		}
 		if m.used.Add(cost) > m.budget {
 			m.used.Add(-cost)
-			return fmt.Errorf("%w: memory store is full", ErrStoreUnavailable)
+			return errMemoryStoreFull
 		}
 	}
 	sh.m[key] = exp

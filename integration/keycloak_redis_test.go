@@ -101,7 +101,7 @@ func countOutcome(t *testing.T, path, endpoint, outcome string) int {
 			Endpoint string `json:"endpoint"`
 			Outcome  string `json:"outcome"`
 		}
-		if json.Unmarshal([]byte(line), &l) == nil && l.Logger == "http.handlers.oauth_par" && l.Endpoint == endpoint && l.Outcome == outcome {
+		if json.Unmarshal([]byte(line), &l) == nil && strings.HasPrefix(l.Logger, "http.handlers.oauth_par") && l.Endpoint == endpoint && l.Outcome == outcome {
 			n++
 		}
 	}

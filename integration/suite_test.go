@@ -622,7 +622,7 @@ func mustJSON(v any) string {
 func gatewayLogTail(path string, n int) string {
 	var keep []string
 	for _, line := range strings.Split(harness.Tail(path, 400), "\n") {
-		if strings.Contains(line, `"logger":"http.handlers.oauth_par"`) || !strings.Contains(line, `"level":"debug"`) {
+		if strings.Contains(line, `"logger":"http.handlers.oauth_par`) || !strings.Contains(line, `"level":"debug"`) {
 			keep = append(keep, line)
 		}
 	}
