@@ -44,6 +44,9 @@ type clientAuthenticator struct {
 	issuerOnly bool
 	// clientCAs validates tls_client_auth chains that Caddy did not.
 	clientCAs *x509.CertPool
+	// upstream authenticates clients that are not configured
+	// (upstream_client_auth); nil when off.
+	upstream *upstreamAuth
 }
 
 // audiences is what an endpoint accepts as a client assertion's aud: the
@@ -82,6 +85,10 @@ func (a *clientAuthenticator) authenticate(r *http.Request, form url.Values, aud
 		return fail("client authentication is required")
 	}
 	c := a.clients[cred.clientID]
+	if c == nil && a.upstream != nil {
+		// Configured clients take precedence; others are the upstream's.
+		return a.upstream.authenticate(r, cred)
+	}
 	if c == nil {
 		if cred.secret != "" {
 			// Spend the same work as a real comparison, so response

@@ -106,6 +106,9 @@ type Handler struct {
 	ClientCAFile string `json:"client_ca_file,omitempty"`
 	// Clients are the OAuth clients allowed to push.
 	Clients []ClientConfig `json:"clients,omitempty"`
+	// UpstreamClientAuth, when set, lets clients that are not configured
+	// push with a secret that the upstream's token endpoint accepts.
+	UpstreamClientAuth *UpstreamClientAuth `json:"upstream_client_auth,omitempty"`
 	// StoreRaw is the pushed-request store. Default: memory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.oauth_par.stores inline_key=backend"`
 
@@ -276,6 +279,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			member{"request_object_encryption_enc_values_supported", jsonStrings(encs)})
 	}
 
+	var upstream *upstreamAuth
+	if h.UpstreamClientAuth != nil {
+		if upstream, err = h.UpstreamClientAuth.provision(ctx, h, ctx.Logger()); err != nil {
+			return fmt.Errorf("oauth_par: %w", err)
+		}
+	}
+
 	h.gw = &gateway{
 		authorizationEndpoint:      h.AuthorizationEndpoint,
 		parEndpoint:                h.PAREndpoint,
@@ -306,6 +316,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			times:       times,
 			issuerOnly:  h.fapi2(),
 			clientCAs:   clientCAs,
+			upstream:    upstream,
 		},
 		store:     sp.Store(),
 		partition: partition,
