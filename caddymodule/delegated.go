@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -426,18 +427,23 @@ type delegatedCredentials struct {
 	basic         bool
 }
 
-// cacheKey is HMAC-SHA256(key, method 0 client_id 0 secret), for Basic
-// over the credentials as sent.
+// cacheKey is HMAC-SHA256(key, method, client_id, secret), each field
+// length-prefixed so that no two credentials share a key; for Basic over
+// the credentials as sent.
 func (u *upstreamAuth) cacheKey(c delegatedCredentials) [32]byte {
 	m := hmac.New(sha256.New, u.key[:])
-	m.Write([]byte(c.method))
-	m.Write([]byte{0})
+	field := func(s string) {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
+		m.Write(n[:])
+		m.Write([]byte(s))
+	}
+	field(c.method)
 	if c.basic {
-		m.Write([]byte(c.authorization))
+		field(c.authorization)
 	} else {
-		m.Write([]byte(c.clientID))
-		m.Write([]byte{0})
-		m.Write([]byte(c.secret))
+		field(c.clientID)
+		field(c.secret)
 	}
 	var k [32]byte
 	m.Sum(k[:0])
