@@ -169,7 +169,9 @@ func unmarshalUpstreamClientAuth(d *caddyfile.Dispenser) (*UpstreamClientAuth, e
 		case "global_failure_limit":
 			err = limit(&u.GlobalFailureLimit, &u.GlobalFailureWindow)
 		case "allow_public":
-			err = noArgs(d)
+			if d.NextArg() {
+				return nil, d.Errf("%s: allow_public takes no arguments", name)
+			}
 			u.AllowPublic = true
 		default:
 			return nil, d.Errf("%s: unknown subdirective %q", name, sub)
