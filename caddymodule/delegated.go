@@ -421,17 +421,19 @@ func sanitizeCode(s string) string {
 type delegatedCredentials struct {
 	method   string
 	clientID string
-	// secret is the secret as it is sent upstream: for Basic, as the
-	// client sent it (not form-decoded); authorization is then the
-	// client's Authorization header, forwarded as is.
+	// secret is the secret, form-decoded for Basic. A Basic probe sends
+	// authorization, the client's Authorization header, as it came: the
+	// upstream decodes it as it will decode the client's token requests.
 	secret        string
 	authorization string
 	basic         bool
 }
 
 // cacheKey is HMAC-SHA256(key, method, client_id, secret), each field
-// length-prefixed so that no two credentials share a key; for Basic over
-// the credentials as sent.
+// length-prefixed so that no two credentials share a key. For Basic these
+// are the decoded credentials: clients differ in how much of RFC 6749
+// §2.3.1's form-encoding they apply (openid-client encodes even '-'), and
+// every encoding of one secret is the same secret.
 func (u *upstreamAuth) cacheKey(c delegatedCredentials) [32]byte {
 	m := hmac.New(sha256.New, u.key[:])
 	field := func(s string) {
@@ -441,12 +443,8 @@ func (u *upstreamAuth) cacheKey(c delegatedCredentials) [32]byte {
 		m.Write([]byte(s))
 	}
 	field(c.method)
-	if c.basic {
-		field(c.authorization)
-	} else {
-		field(c.clientID)
-		field(c.secret)
-	}
+	field(c.clientID)
+	field(c.secret)
 	var k [32]byte
 	m.Sum(k[:0])
 	return k
@@ -520,7 +518,6 @@ func (u *upstreamAuth) authenticate(r *http.Request, cred credentials) (*client,
 	}
 	dc := delegatedCredentials{method: cred.method, clientID: cred.clientID, secret: cred.secret, basic: cred.basic}
 	if cred.basic {
-		dc.secret = cred.rawSecret
 		dc.authorization = r.Header.Get("Authorization")
 	}
 	// An empty secret is no credential (Dex compares it with the empty

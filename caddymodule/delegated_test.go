@@ -358,6 +358,17 @@ func TestDelegatedCacheHitsSkipTheProbe(t *testing.T) {
 	if n := logs.FilterMessage("upstream client authentication: cached").Len(); n != 4 {
 		t.Errorf("%d cache-hit log lines, want 4", n)
 	}
+	// Another form-encoding of the same Basic credentials (openid-client
+	// encodes '-' as %2D) is the same key; the probe would have sent the
+	// header as it came.
+	r := parRequest(upPush(), "", "")
+	r.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("upstream%2Dapp:"+url.QueryEscape(upSecret))))
+	if _, _, oerr := g.push(r, nil); oerr != nil {
+		t.Fatalf("differently encoded Basic credentials: %v", oerr)
+	}
+	if n := f.probes.Load(); n != 1 {
+		t.Errorf("another encoding of the same credentials: %d probes, want 1", n)
+	}
 	// Another secret, method or client is another key.
 	form := upPush()
 	form.Set("client_secret", upSecret)
