@@ -269,6 +269,26 @@ func (e *idpEnv) runDelegated(t *testing.T, gwBin string, s delegatedSetup) {
 		t.Logf("%s pushed with a made-up secret: %d %v", s.publicID, status, body)
 	})
 
+	// The gateway cannot check the redirect_uri of a client it does not
+	// know: it accepts the push, and the upstream refuses the forwarded
+	// request at authorization, with its own error page, never a redirect
+	// to the unregistered URI (RFC 6749 §4.1.2.1).
+	t.Run("unregistered_redirect_uri_refused_by_upstream", func(t *testing.T) {
+		_ = e.subtestDir(t)
+		evil := strings.Replace(s.redirect, "/callback", "/not-registered", 1)
+		status, body := push(t, e.parURL(), upstreamOnlyClientID, s.secret, delegatedParams(evil))
+		ru, _ := body["request_uri"].(string)
+		if status != 201 || ru == "" {
+			t.Fatalf("push with an unregistered redirect_uri: %d %v, want 201 (not checked at push time)", status, body)
+		}
+		code, h, page := browserGet(t, e.authzURL()+"?"+url.Values{"client_id": {upstreamOnlyClientID}, "request_uri": {ru}}.Encode())
+		loc := h.Get("Location")
+		if strings.HasPrefix(loc, evil) || code < 400 {
+			t.Errorf("redemption: %d Location=%q, want the upstream's error page and no redirect to %s", code, loc, evil)
+		}
+		t.Logf("the upstream answered the unregistered redirect_uri with %d: %q", code, clip(strings.Join(strings.Fields(htmlText(page)), " "), 200))
+	})
+
 	// Under require_par, an unpushed request of the upstream-only client
 	// gets the gateway's page: its redirect URIs are not known here, so
 	// the error is never redirected.
@@ -407,4 +427,22 @@ func probeTable(secret, publicID string, wrongStatus int, wrongError string, pub
 		)
 	}
 	return out
+}
+
+// htmlText strips tags, roughly, for a log line.
+func htmlText(s string) string {
+	var b strings.Builder
+	in := false
+	for _, r := range s {
+		switch {
+		case r == '<':
+			in = true
+		case r == '>':
+			in = false
+			b.WriteByte(' ')
+		case !in:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
