@@ -31,6 +31,9 @@ type delegatedSetup struct {
 	// publicID is a client the upstream treats as public (spa), probed
 	// with a made-up secret.
 	publicID string
+	// unregisteredRedirectText is on the upstream's error page for an
+	// unregistered redirect_uri.
+	unregisteredRedirectText string
 	// probes are the expected answers of the upstream's token endpoint to
 	// the gateway's probe, recorded by probe_answers (README table).
 	probes []probeCase
@@ -286,7 +289,10 @@ func (e *idpEnv) runDelegated(t *testing.T, gwBin string, s delegatedSetup) {
 		if strings.HasPrefix(loc, evil) || code < 400 {
 			t.Errorf("redemption: %d Location=%q, want the upstream's error page and no redirect to %s", code, loc, evil)
 		}
-		t.Logf("the upstream answered the unregistered redirect_uri with %d: %q", code, clip(strings.Join(strings.Fields(htmlText(page)), " "), 200))
+		if !strings.Contains(page, s.unregisteredRedirectText) {
+			t.Errorf("redemption: %d, the page does not say %q: %q", code, s.unregisteredRedirectText, clip(page, 300))
+		}
+		t.Logf("the upstream answered the unregistered redirect_uri with %d and a page saying %q", code, s.unregisteredRedirectText)
 	})
 
 	// Under require_par, an unpushed request of the upstream-only client
@@ -427,22 +433,4 @@ func probeTable(secret, publicID string, wrongStatus int, wrongError string, pub
 		)
 	}
 	return out
-}
-
-// htmlText strips tags, roughly, for a log line.
-func htmlText(s string) string {
-	var b strings.Builder
-	in := false
-	for _, r := range s {
-		switch {
-		case r == '<':
-			in = true
-		case r == '>':
-			in = false
-			b.WriteByte(' ')
-		case !in:
-			b.WriteRune(r)
-		}
-	}
-	return b.String()
 }

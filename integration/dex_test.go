@@ -169,7 +169,9 @@ func TestDex(t *testing.T) {
 			secret:        upstreamOnlySecret,
 			redirect:      upstreamOnlyRedirect,
 			publicID:      "spa",
-			probes:        probeTable(upstreamOnlySecret, "spa", 401, "invalid_client", 401, "invalid_client"),
+			// Dex's error page, 400.
+			unregisteredRedirectText: "Unregistered redirect_uri",
+			probes:                   probeTable(upstreamOnlySecret, "spa", 401, "invalid_client", 401, "invalid_client"),
 		})
 	})
 

@@ -318,7 +318,8 @@ func TestKeycloak(t *testing.T) {
 			secret:        kcBoot.upstreamOnlySecret,
 			redirect:      fmt.Sprintf("http://127.0.0.1:%d/callback", delegatedPort),
 			// A built-in public client of every Keycloak realm.
-			publicID: "account-console",
+			publicID:                 "account-console",
+			unregisteredRedirectText: "Invalid parameter: redirect_uri",
 			probes: append(probeTable(kcBoot.upstreamOnlySecret, "account-console", 401, "unauthorized_client", 400, "invalid_grant"),
 				// Keycloak checks the code before the client's grant types.
 				probeCase{name: "code_flow_disabled_right_secret_basic", clientID: "no-code-flow-app", secret: kcBoot.upstreamOnlySecret,
