@@ -457,13 +457,17 @@ func (u *upstreamAuth) cacheKey(c delegatedCredentials) [32]byte {
 // client from one the upstream treats as public (Keycloak accepts any
 // secret of a public client).
 func delegatedClient(id, method string, public bool) *client {
-	return &client{
+	c := &client{
 		id:          id,
 		public:      public,
-		authMethods: map[string]bool{method: true},
+		authMethods: map[string]bool{},
 		delegated:   true,
 		requirePKCE: true,
 	}
+	if method != "" {
+		c.authMethods[method] = true
+	}
+	return c
 }
 
 // delegatedClient returns the policy under which a pending request of a
@@ -588,7 +592,7 @@ func (u *upstreamAuth) probeOnce(ctx context.Context, key [32]byte, c delegatedC
 	if u.cache.hit(key, u.now()) {
 		return probeOutcome{res: probeResult{verdict: verdictConfirmed}}
 	}
-	ok, retry, scope := u.limiter.reserve(c.clientID, u.now())
+	ok, tracked, retry, scope := u.limiter.reserve(c.clientID, u.now())
 	if !ok {
 		u.log(zap.InfoLevel, "upstream client authentication: not probed, failure limit reached", id, c.method, nil, zap.String("limit", scope))
 		where := " for this client"
@@ -608,7 +612,7 @@ func (u *upstreamAuth) probeOnce(ctx context.Context, key [32]byte, c delegatedC
 		res = probeResult{verdict: verdictUnavailable, err: "no free probe slot within the timeout"}
 	}
 	now := u.now()
-	u.limiter.done(c.clientID, res.verdict == verdictRefused || res.verdict == verdictUndetermined, now)
+	u.limiter.done(c.clientID, tracked, res.verdict == verdictRefused || res.verdict == verdictUndetermined, now)
 	switch res.verdict {
 	case verdictConfirmed:
 		u.cache.put(key, now)
@@ -793,14 +797,15 @@ func (w *failWindow) roll(now time.Time, window time.Duration) {
 }
 
 // reserve reports whether a probe for id may be sent now; if so, done must
-// follow. Otherwise it says when to retry and which limit ("client",
-// "global") was reached.
-func (l *failureLimiter) reserve(id string, now time.Time) (bool, time.Duration, string) {
+// follow, with tracked as returned (false when the per-client table was
+// full: only the global limit applies to that probe). Otherwise it says
+// when to retry and which limit ("client", "global") was reached.
+func (l *failureLimiter) reserve(id string, now time.Time) (ok, tracked bool, retry time.Duration, scope string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.global.roll(now, l.globalWindow)
 	if l.global.failures >= l.globalLimit {
-		return false, l.globalWindow - now.Sub(l.global.start), "global"
+		return false, false, l.globalWindow - now.Sub(l.global.start), "global"
 	}
 	w := l.per[id]
 	if w == nil {
@@ -808,8 +813,7 @@ func (l *failureLimiter) reserve(id string, now time.Time) (bool, time.Duration,
 			l.sweep(now)
 		}
 		if len(l.per) >= l.maxEntries {
-			// Not tracked per client; the global limit still holds.
-			return true, 0, ""
+			return true, false, 0, ""
 		}
 		w = &failWindow{start: now}
 		l.per[id] = w
@@ -817,17 +821,17 @@ func (l *failureLimiter) reserve(id string, now time.Time) (bool, time.Duration,
 	w.roll(now, l.perWindow)
 	if w.failures+w.pending >= l.perLimit {
 		if w.failures >= l.perLimit {
-			return false, l.perWindow - now.Sub(w.start), "client"
+			return false, false, l.perWindow - now.Sub(w.start), "client"
 		}
 		// Probes in flight would reach the limit if they failed.
-		return false, time.Second, "client"
+		return false, false, time.Second, "client"
 	}
 	w.pending++
-	return true, 0, ""
+	return true, true, 0, ""
 }
 
 // done ends a reservation; failed counts it against the limits.
-func (l *failureLimiter) done(id string, failed bool, now time.Time) {
+func (l *failureLimiter) done(id string, tracked, failed bool, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if failed {
@@ -838,7 +842,7 @@ func (l *failureLimiter) done(id string, failed bool, now time.Time) {
 	if w == nil {
 		return
 	}
-	if w.pending > 0 {
+	if tracked && w.pending > 0 {
 		w.pending--
 	}
 	w.roll(now, l.perWindow)

@@ -315,7 +315,7 @@ func TestDelegatedProbeTimeoutIs503(t *testing.T) {
 		t.Errorf("took %s, want about the 300ms timeout", took)
 	}
 	// An outage does not count against the client's failure limit.
-	if ok, _, _ := g.auth.upstream.limiter.reserve(upID, time.Now()); !ok {
+	if ok, _, _, _ := g.auth.upstream.limiter.reserve(upID, time.Now()); !ok {
 		t.Errorf("a timeout counted as a failure")
 	}
 }
@@ -527,33 +527,37 @@ func TestDelegatedNegativeRateLimit(t *testing.T) {
 func TestDelegatedFailureLimiterReservesConcurrentProbes(t *testing.T) {
 	l := &failureLimiter{perLimit: 2, perWindow: time.Minute, globalLimit: 100, globalWindow: time.Minute, maxEntries: 2, per: map[string]*failWindow{}}
 	now := time.Now()
-	if ok, _, _ := l.reserve("a", now); !ok {
+	if ok, tracked, _, _ := l.reserve("a", now); !ok || !tracked {
 		t.Fatal("first reservation refused")
 	}
-	if ok, _, _ := l.reserve("a", now); !ok {
+	if ok, _, _, _ := l.reserve("a", now); !ok {
 		t.Fatal("second reservation refused")
 	}
-	if ok, _, scope := l.reserve("a", now); ok || scope != "client" {
+	if ok, _, _, scope := l.reserve("a", now); ok || scope != "client" {
 		t.Fatalf("third concurrent probe of a client with limit 2 allowed (%q)", scope)
 	}
-	l.done("a", false, now)
-	l.done("a", false, now)
+	l.done("a", true, false, now)
+	l.done("a", true, false, now)
 	if len(l.per) != 0 {
 		t.Errorf("records without failures kept: %v", l.per)
 	}
 	// Bounded: with the table full, new client_ids are not tracked one by
 	// one (the global limit still applies).
 	for _, id := range []string{"x", "y"} {
-		l.reserve(id, now)
-		l.done(id, true, now)
+		_, tracked, _, _ := l.reserve(id, now)
+		l.done(id, tracked, true, now)
 	}
-	if ok, _, _ := l.reserve("z", now); !ok || len(l.per) != 2 {
-		t.Errorf("full table: ok=%v entries=%d, want allowed and still 2 entries", ok, len(l.per))
+	ok, tracked, _, _ := l.reserve("z", now)
+	if !ok || tracked || len(l.per) != 2 {
+		t.Errorf("full table: ok=%v tracked=%v entries=%d, want allowed, untracked, still 2 entries", ok, tracked, len(l.per))
 	}
-	l.done("z", true, now)
+	l.done("z", tracked, true, now)
+	if l.global.failures != 3 {
+		t.Errorf("global failures = %d, want 3", l.global.failures)
+	}
 	// After the window, the full table is swept.
 	later := now.Add(2 * time.Minute)
-	if ok, _, _ := l.reserve("w", later); !ok || l.per["w"] == nil {
+	if ok, tracked, _, _ := l.reserve("w", later); !ok || !tracked || l.per["w"] == nil {
 		t.Errorf("the sweep did not make room: entries %v", l.per)
 	}
 }
