@@ -34,6 +34,9 @@ type delegatedSetup struct {
 	// unregisteredRedirectText is on the upstream's error page for an
 	// unregistered redirect_uri.
 	unregisteredRedirectText string
+	// noCodeFlowID, if set, is a client with this secret whose code flow
+	// is disabled at the upstream, which still confirms the check.
+	noCodeFlowID string
 	// probes are the expected answers of the upstream's token endpoint to
 	// the gateway's probe, recorded by probe_answers (README table).
 	probes []probeCase
@@ -294,6 +297,30 @@ func (e *idpEnv) runDelegated(t *testing.T, gwBin string, s delegatedSetup) {
 		}
 		t.Logf("the upstream answered the unregistered redirect_uri with %d and a page saying %q", code, s.unregisteredRedirectText)
 	})
+
+	// A client whose code flow is disabled at the upstream passes the check
+	// (Keycloak looks at the code before the client's flows); the upstream
+	// refuses the forwarded authorization request: no code is issued.
+	if s.noCodeFlowID != "" {
+		t.Run("code_flow_disabled_client_refused_by_upstream", func(t *testing.T) {
+			_ = e.subtestDir(t)
+			status, body := push(t, e.parURL(), s.noCodeFlowID, s.secret, delegatedParams(s.redirect))
+			ru, _ := body["request_uri"].(string)
+			if status != 201 || ru == "" {
+				t.Fatalf("push of %s: %d %v, want 201 (the check confirms its secret)", s.noCodeFlowID, status, body)
+			}
+			code, h, page := browserGet(t, e.authzURL()+"?"+url.Values{"client_id": {s.noCodeFlowID}, "request_uri": {ru}}.Encode())
+			loc := h.Get("Location")
+			if lu, err := url.Parse(loc); err == nil && lu.Query().Get("code") != "" {
+				t.Fatalf("the upstream issued a code to %s: %s", s.noCodeFlowID, loc)
+			}
+			refused := code >= 400 || strings.HasPrefix(loc, s.redirect+"?") && strings.Contains(loc, "error=")
+			if !refused {
+				t.Errorf("redemption: %d Location=%q %q, want the upstream to refuse the authorization request", code, loc, clip(page, 300))
+			}
+			t.Logf("the upstream answered %s's authorization request with %d Location=%q", s.noCodeFlowID, code, clip(loc, 200))
+		})
+	}
 
 	// Under require_par, an unpushed request of the upstream-only client
 	// gets the gateway's page: its redirect URIs are not known here, so

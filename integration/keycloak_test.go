@@ -320,6 +320,7 @@ func TestKeycloak(t *testing.T) {
 			// A built-in public client of every Keycloak realm.
 			publicID:                 "account-console",
 			unregisteredRedirectText: "Invalid parameter: redirect_uri",
+			noCodeFlowID:             "no-code-flow-app",
 			probes: append(probeTable(kcBoot.upstreamOnlySecret, "account-console", 401, "unauthorized_client", 400, "invalid_grant"),
 				// Keycloak checks the code before the client's grant types.
 				probeCase{name: "code_flow_disabled_right_secret_basic", clientID: "no-code-flow-app", secret: kcBoot.upstreamOnlySecret,
