@@ -120,6 +120,8 @@ func (g *gateway) rejectUnpushed(w http.ResponseWriter, r *http.Request, next ne
 	}
 	id := logID(params.Get("client_id"))
 	switch {
+	case c == nil && g.auth.delegatedClient(params.Get("client_id")) != nil:
+		e.Description += "; the error cannot be returned to the application because its redirect URIs are registered only at the authorization server"
 	case c == nil:
 		e.Description += "; the error cannot be returned to the application because the client is unknown"
 	default:
@@ -184,6 +186,9 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 	// RFC 9126 §7.4: the client's policy is checked again at redemption, as
 	// it may have changed (a config reload) since the push.
 	c := g.clients[pushed.ClientID]
+	if c == nil {
+		c = g.auth.delegatedClient(pushed.ClientID) // nil unless upstream_client_auth
+	}
 	if c == nil {
 		return fail(http.StatusBadRequest, ErrInvalidRequestURI, "the client is no longer registered", ref)
 	}

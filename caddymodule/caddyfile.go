@@ -53,6 +53,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		dpop_signing_algs      <alg...>
 //		mtls_endpoint          <url>
 //		client_ca_file         <path>
+//		upstream_client_auth [<token_endpoint>] {
+//			token_endpoint       <url>
+//			methods              <method...>
+//			timeout              <duration>
+//			cache_ttl            <duration>
+//			cache_size           <n>
+//			failure_limit        <n> <window>
+//			global_failure_limit <n> <window>
+//			allow_public
+//		}
 //		client <client_id> {
 //			secret         <secret>
 //			public
@@ -185,6 +195,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.MaxRequestSize = size
+		case "upstream_client_auth":
+			if h.UpstreamClientAuth != nil {
+				return d.Err("upstream_client_auth: specified more than once")
+			}
+			u, err := unmarshalUpstreamClientAuth(d)
+			if err != nil {
+				return err
+			}
+			h.UpstreamClientAuth = u
 		case "client":
 			c, err := unmarshalClient(d)
 			if err != nil {

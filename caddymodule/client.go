@@ -97,6 +97,10 @@ type client struct {
 	requireDPoP                bool
 	// requirePKCE: public clients, and all clients under profile fapi2.
 	requirePKCE bool
+	// delegated: not configured, authenticated by the upstream
+	// (upstream_client_auth); its redirect URIs and scopes are the
+	// upstream's to check.
+	delegated bool
 }
 
 // minHMACKey is the shortest client secret usable for client_secret_jwt:

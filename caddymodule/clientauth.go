@@ -47,6 +47,9 @@ type clientAuthenticator struct {
 	// limits holds the per-client rate limit, asked once a client has
 	// proved who it is and before its assertion's jti is recorded.
 	limits *rateLimits
+	// upstream authenticates clients that are not configured
+	// (upstream_client_auth); nil when off.
+	upstream *upstreamAuth
 }
 
 // audiences is what an endpoint accepts as a client assertion's aud: the
@@ -85,6 +88,10 @@ func (a *clientAuthenticator) authenticate(r *http.Request, form url.Values, aud
 		return fail("client authentication is required")
 	}
 	c := a.clients[cred.clientID]
+	if c == nil && a.upstream != nil {
+		// Configured clients take precedence; others are the upstream's.
+		return a.upstream.authenticate(r, cred)
+	}
 	if c == nil {
 		if cred.secret != "" {
 			// Spend the same work as a real comparison, so response

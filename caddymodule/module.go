@@ -119,6 +119,9 @@ type Handler struct {
 	// redemption and rejection on the http.handlers.oauth_par.audit logger
 	// (rejections are then logged on the handler's logger, at info).
 	DisableAudit bool `json:"disable_audit,omitempty"`
+	// UpstreamClientAuth, when set, lets clients that are not configured
+	// push with a secret that the upstream's token endpoint accepts.
+	UpstreamClientAuth *UpstreamClientAuth `json:"upstream_client_auth,omitempty"`
 	// StoreRaw is the pushed-request store. Default: memory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.oauth_par.stores inline_key=backend"`
 
@@ -302,6 +305,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			member{"request_object_encryption_enc_values_supported", jsonStrings(encs)})
 	}
 
+	var upstream *upstreamAuth
+	if h.UpstreamClientAuth != nil {
+		if upstream, err = h.UpstreamClientAuth.provision(ctx, h, ctx.Logger()); err != nil {
+			return fmt.Errorf("oauth_par: %w", err)
+		}
+	}
+
 	rls, err := h.rateLimitSettings(clients)
 	if err != nil {
 		return fmt.Errorf("oauth_par: %w", err)
@@ -344,6 +354,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			issuerOnly:  h.fapi2(),
 			clientCAs:   clientCAs,
 			limits:      limits,
+			upstream:    upstream,
 		},
 		limits:    limits,
 		store:     store,

@@ -357,6 +357,12 @@ func validatePush(c *client, form url.Values) *oauthError {
 	switch ru := form.Get("redirect_uri"); {
 	case ru == "":
 		return badRequest(ErrInvalidRequest, "redirect_uri is required")
+	case c.delegated:
+		// Registered at the upstream only, which checks it at
+		// authorization (RFC 9126 §2.1); here only its syntax.
+		if checkRedirectURI(ru) != nil {
+			return badRequest(ErrInvalidRequest, "redirect_uri must be an absolute URI without a fragment")
+		}
 	case !c.redirectURIs[ru]:
 		return badRequest(ErrInvalidRequest, "redirect_uri is not registered for this client")
 	}

@@ -24,7 +24,7 @@ func TestDex(t *testing.T) {
 	gwBin := needGateway(t)
 	dexBin := needDex(t)
 
-	ports, err := harness.FreePorts(6)
+	ports, err := harness.FreePorts(7)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +36,8 @@ func TestDex(t *testing.T) {
 	password := "pw-" + randHex(8)
 	webRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", cbPort)
 	spaRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", spaPort)
+	upstreamOnlySecret := "dexu-" + randHex(16)
+	upstreamOnlyRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", ports[6])
 
 	dex, err := harness.StartDex(suiteCtx, dexBin, art, harness.DexConfig{
 		Port:         dexPort,
@@ -47,6 +49,9 @@ func TestDex(t *testing.T) {
 			// The gateway knows fapi-app by its public keys, Dex by this
 			// secret only.
 			{ID: fapiClientID, Secret: fapiSecret, Name: "FAPI App", RedirectURIs: []string{fapiRedirect}},
+			// Only Dex knows this client: the gateway checks its secret
+			// with Dex's token endpoint (upstream_client_auth).
+			{ID: upstreamOnlyClientID, Secret: upstreamOnlySecret, Name: "Upstream Only App", RedirectURIs: []string{upstreamOnlyRedirect}},
 		},
 		LogPath: filepath.Join(art, "dex.log"),
 	})
@@ -155,6 +160,20 @@ func TestDex(t *testing.T) {
 	})
 
 	t.Run("gateway_log", e.checkGatewayLog)
+
+	// A client only Dex knows, through a gateway with upstream_client_auth
+	// on the same port; the plain gateway is back afterwards.
+	t.Run("upstream_client_auth", func(t *testing.T) {
+		e.runDelegated(t, gwBin, delegatedSetup{
+			tokenEndpoint: e.upstreamURL + "/dex/token",
+			secret:        upstreamOnlySecret,
+			redirect:      upstreamOnlyRedirect,
+			publicID:      "spa",
+			// Dex's error page, 400.
+			unregisteredRedirectText: "Unregistered redirect_uri",
+			probes:                   probeTable(upstreamOnlySecret, "spa", 401, "invalid_client", 401, "invalid_client"),
+		})
+	})
 
 	// Last: the gateway is replaced by one with profile fapi2 on the same
 	// port (Dex's issuer).

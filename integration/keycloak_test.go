@@ -42,6 +42,10 @@ type keycloakBoot struct {
 	// fapiSecret is fapi-app's secret at Keycloak.
 	fapiSecret string
 	took       time.Duration
+
+	// upstreamOnlySecret is the secret of upstream-only-app and
+	// no-code-flow-app, which only Keycloak knows.
+	upstreamOnlySecret string
 }
 
 var kcBoot = &keycloakBoot{done: make(chan struct{})}
@@ -63,6 +67,7 @@ func (b *keycloakBoot) run() {
 	b.gwPort, b.kcPort = ports[0], ports[1]
 	b.secret = "kc-" + randHex(16)
 	b.fapiSecret = "kcf-" + randHex(16)
+	b.upstreamOnlySecret = "kcu-" + randHex(16)
 	fetchLog, err := os.Create(filepath.Join(b.art, "keycloak-fetch.log"))
 	if err != nil {
 		b.err = err
@@ -92,6 +97,8 @@ func (b *keycloakBoot) run() {
 		Secret:     b.secret,
 		FAPISecret: b.fapiSecret,
 		LogPath:    filepath.Join(b.art, "keycloak.log"),
+
+		UpstreamOnlySecret: b.upstreamOnlySecret,
 	})
 }
 
@@ -117,11 +124,11 @@ func TestKeycloak(t *testing.T) {
 	t.Logf("Keycloak ready on 127.0.0.1:%d after %s", kcBoot.kcPort, kcBoot.took.Round(time.Second))
 	art := kcBoot.art
 
-	ports, err := harness.FreePorts(4)
+	ports, err := harness.FreePorts(5)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cbPort, spaPort, gwGetPort, fapiPort := ports[0], ports[1], ports[2], ports[3]
+	cbPort, spaPort, gwGetPort, fapiPort, delegatedPort := ports[0], ports[1], ports[2], ports[3], ports[4]
 	webRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", cbPort)
 	spaRedirect := fmt.Sprintf("http://127.0.0.1:%d/callback", spaPort)
 	upstream := fmt.Sprintf("127.0.0.1:%d", kcBoot.kcPort)
@@ -306,6 +313,25 @@ func TestKeycloak(t *testing.T) {
 	t.Run("reuse_grace_reload_login_page", e.reloadLoginPageWithinGrace)
 
 	t.Run("gateway_log", e.checkGatewayLog)
+
+	// A client only Keycloak knows, through a gateway with
+	// upstream_client_auth on the same port; the plain gateway is back
+	// afterwards.
+	t.Run("upstream_client_auth", func(t *testing.T) {
+		e.runDelegated(t, gwBin, delegatedSetup{
+			tokenEndpoint: e.upstreamURL + kcRealmPath + "/protocol/openid-connect/token",
+			secret:        kcBoot.upstreamOnlySecret,
+			redirect:      fmt.Sprintf("http://127.0.0.1:%d/callback", delegatedPort),
+			// A built-in public client of every Keycloak realm.
+			publicID:                 "account-console",
+			unregisteredRedirectText: "Invalid parameter: redirect_uri",
+			noCodeFlowID:             "no-code-flow-app",
+			probes: append(probeTable(kcBoot.upstreamOnlySecret, "account-console", 401, "unauthorized_client", 400, "invalid_grant"),
+				// Keycloak checks the code before the client's grant types.
+				probeCase{name: "code_flow_disabled_right_secret_basic", clientID: "no-code-flow-app", secret: kcBoot.upstreamOnlySecret,
+					wantStatus: 400, wantError: "invalid_grant", verdict: "confirmed"}),
+		})
+	})
 
 	// The gateway is replaced by one with profile fapi2 on the same port
 	// (Keycloak's hostname), stopped again when the group ends.

@@ -27,6 +27,10 @@
 #   CADDY_PAR_FAPI_APP_SECRET  secret of client fapi-app (default
 #                    fapi-app-secret), same rules. The gateway knows fapi-app
 #                    by its public keys; Keycloak only by this secret.
+#   CADDY_PAR_UPSTREAM_ONLY_APP_SECRET  secret of clients upstream-only-app
+#                    and no-code-flow-app (default upstream-only-app-secret),
+#                    same rules. The gateway does not know them: it checks
+#                    their secret with Keycloak (upstream_client_auth).
 #   KC_BOOTSTRAP_ADMIN_USERNAME / KC_BOOTSTRAP_ADMIN_PASSWORD
 #                    master-realm admin (default admin / admin)
 #   KC_HEAP          JVM heap flags (default: -Xms64m -Xmx512m)
@@ -88,6 +92,7 @@ export KC_BOOTSTRAP_ADMIN_USERNAME=${KC_BOOTSTRAP_ADMIN_USERNAME:-admin}
 export KC_BOOTSTRAP_ADMIN_PASSWORD=${KC_BOOTSTRAP_ADMIN_PASSWORD:-admin}
 export CADDY_PAR_WEB_APP_SECRET=${CADDY_PAR_WEB_APP_SECRET:-web-app-secret}
 export CADDY_PAR_FAPI_APP_SECRET=${CADDY_PAR_FAPI_APP_SECRET:-fapi-app-secret}
+export CADDY_PAR_UPSTREAM_ONLY_APP_SECRET=${CADDY_PAR_UPSTREAM_ONLY_APP_SECRET:-upstream-only-app-secret}
 
 log "Keycloak $KC_VERSION: http://127.0.0.1:$port (public $public_url), run dir $run_dir, JAVA_HOME=$java_home"
 

@@ -47,7 +47,11 @@ type KeycloakConfig struct {
 	// FAPISecret is the secret of client fapi-app (imported with the
 	// realm; empty: start.sh's default).
 	FAPISecret string
-	LogPath    string
+	// UpstreamOnlySecret is the secret of clients upstream-only-app and
+	// no-code-flow-app, which only Keycloak knows (empty: start.sh's
+	// default).
+	UpstreamOnlySecret string
+	LogPath            string
 }
 
 // KeycloakReadyTimeout bounds a Keycloak start: about 1.5 min on 2 busy
@@ -71,6 +75,7 @@ func StartKeycloak(ctx context.Context, cfg KeycloakConfig) (*Proc, error) {
 			"KC_RUN_DIR=" + cfg.RunDir,
 			"CADDY_PAR_WEB_APP_SECRET=" + cfg.Secret,
 			"CADDY_PAR_FAPI_APP_SECRET=" + cfg.FAPISecret,
+			"CADDY_PAR_UPSTREAM_ONLY_APP_SECRET=" + cfg.UpstreamOnlySecret,
 		},
 		LogPath: cfg.LogPath,
 	})
