@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 )
@@ -355,7 +356,49 @@ func validatePush(c *client, form url.Values) *oauthError {
 			return oerr
 		}
 	}
-	return validatePKCE(c, form.Get("code_challenge"), form.Get("code_challenge_method"))
+	if oerr := validatePKCE(c, form.Get("code_challenge"), form.Get("code_challenge_method")); oerr != nil {
+		return oerr
+	}
+	// Last, so that the checks above keep their own error codes.
+	return checkParamChars(form)
+}
+
+// checkParamChars refuses parameters a legacy upstream could read
+// differently from this gateway: form values are UTF-8 (RFC 6749
+// Appendix B), so invalid UTF-8 is malformed, and RFC 6749 Appendix A
+// allows no control characters in names or in state, client_id,
+// redirect_uri and the other defined values. A NUL may truncate a value
+// upstream, a CR or LF may end up in a header. Only the JSON-valued
+// parameters may carry JSON whitespace (HTAB, LF, CR).
+func checkParamChars(form url.Values) *oauthError {
+	for k, vs := range form {
+		if !utf8.ValidString(k) || hasControl(k, false) {
+			return badRequest(ErrInvalidRequest, "a parameter name contains a control character or is not UTF-8")
+		}
+		jsonValued := k == "claims" || k == "authorization_details"
+		for _, v := range vs {
+			if !utf8.ValidString(v) || hasControl(v, jsonValued) {
+				return badRequest(ErrInvalidRequest, "parameter "+strconv.Quote(logID(k))+" contains a control character or is not UTF-8")
+			}
+		}
+	}
+	return nil
+}
+
+// hasControl reports whether s has a C0 control character or DEL; with
+// jsonSpace, HTAB, LF and CR are allowed.
+func hasControl(s string, jsonSpace bool) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\t' || c == '\n' || c == '\r':
+			if !jsonSpace {
+				return true
+			}
+		case c < 0x20 || c == 0x7f:
+			return true
+		}
+	}
+	return false
 }
 
 // validateScope checks RFC 6749 §3.3 syntax and the client's allowed scopes.
