@@ -90,7 +90,9 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 // body so that a request passed through reaches the upstream unchanged.
 func (g *gateway) readAuthorizeForm(r *http.Request) ([]byte, url.Values, error) {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "application/x-www-form-urlencoded" {
+	// RFC 9110 §5.3: one Content-Type. With two, the upstream could parse
+	// the body as something else than what was checked here.
+	if err != nil || mt != "application/x-www-form-urlencoded" || len(r.Header.Values("Content-Type")) != 1 {
 		return nil, nil, errors.New("a POSTed authorization request must be application/x-www-form-urlencoded")
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, g.maxRequestSize+1))

@@ -227,7 +227,9 @@ func (g *gateway) dpopBinding(r *http.Request, c *client, params url.Values, aud
 // body.
 func (g *gateway) readForm(r *http.Request) (string, url.Values, *oauthError) {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "application/x-www-form-urlencoded" {
+	// RFC 9110 §5.3: Content-Type is a singleton field; two of them are
+	// ambiguous, whichever this check would read.
+	if err != nil || mt != "application/x-www-form-urlencoded" || len(r.Header.Values("Content-Type")) != 1 {
 		return "", nil, badRequest(ErrInvalidRequest, "the request body must be application/x-www-form-urlencoded")
 	}
 	if r.ContentLength > g.maxRequestSize {
