@@ -41,6 +41,18 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 		params, err = url.ParseQuery(r.URL.RawQuery)
 	} else {
 		body, params, err = g.readAuthorizeForm(r)
+		if err == nil && r.URL.RawQuery != "" {
+			// The query of a POST counts too: upstreams that merge query
+			// and body (servlet getParameter, for one) would otherwise act
+			// on a client_id or request_uri never checked here. A
+			// parameter in both is then sent twice (RFC 6749 §3.1).
+			var q url.Values
+			if q, err = url.ParseQuery(r.URL.RawQuery); err == nil {
+				for k, vs := range q {
+					params[k] = append(params[k], vs...)
+				}
+			}
+		}
 	}
 	if err != nil {
 		e := badRequest(ErrInvalidRequest, err.Error())
