@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -73,12 +74,41 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 		return g.serveAuthorize(w, r, next)
 	case isDiscoveryPath(p):
 		return g.serveDiscovery(w, r, next)
+	case g.isAuthorizationLookalike(p):
+		// The upstream may route such a path to its authorization endpoint
+		// (Keycloak serves it with a trailing slash too): passed through,
+		// it would skip PAR enforcement (RFC 9126 §4, §6).
+		e := badRequest(ErrInvalidRequest, "send authorization requests to the exact path of the authorization endpoint")
+		g.logOutcome("authorize", "", "rejected", e.Code, "")
+		writeBrowserError(w, r, e)
+		return nil
 	default:
 		return next(w, r)
 	}
 }
 
 func (g *gateway) storeKey(ref string) string { return g.partition + ref }
+
+// isAuthorizationLookalike reports whether p is not the authorization
+// endpoint's path but a variant that servers commonly route to the same
+// resource: a trailing or doubled slash, dot segments, backslashes,
+// ;parameters (servlet containers drop them) or other letter case.
+// Other pages below the endpoint are not variants.
+func (g *gateway) isAuthorizationLookalike(p string) bool {
+	endpoint := path.Clean(g.authorizationEndpoint)
+	if p == g.authorizationEndpoint || len(p) < len(endpoint) {
+		return false // the variants are never shorter
+	}
+	p = strings.ReplaceAll(p, `\`, "/")
+	if strings.Contains(p, ";") {
+		segs := strings.Split(p, "/")
+		for i, s := range segs {
+			segs[i], _, _ = strings.Cut(s, ";")
+		}
+		p = strings.Join(segs, "/")
+	}
+	return strings.EqualFold(path.Clean("/"+p), endpoint)
+}
 
 // audiences are the values a client assertion sent to this PAR endpoint
 // may carry as aud (RFC 9126 §2): the issuer, the token endpoint, and the
