@@ -40,6 +40,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 	if r.Method == http.MethodGet {
 		params, err = url.ParseQuery(r.URL.RawQuery)
 	} else {
+		boundBodyRead(w, r)
 		body, params, err = g.readAuthorizeForm(r)
 		if err == nil && r.URL.RawQuery != "" {
 			// The query of a POST counts too: upstreams that merge query

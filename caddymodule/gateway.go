@@ -110,6 +110,31 @@ func (g *gateway) isAuthorizationLookalike(p string) bool {
 	return strings.EqualFold(path.Clean("/"+p), endpoint)
 }
 
+// bodyReadTimeout bounds the wait for a PAR or POSTed authorization request
+// body when the server sets no read timeout of its own (Caddy's read_body,
+// unset by default): otherwise a client trickling bytes holds the request
+// open as long as it likes. Nanoseconds; tests shorten it.
+var bodyReadTimeout atomic.Int64
+
+func init() { bodyReadTimeout.Store(int64(10 * time.Second)) }
+
+// boundBodyRead applies bodyReadTimeout to reading r's body, unless the
+// operator configured a read timeout for the server, which then applies.
+// Once the body has been read to its end, the deadline is cleared (by
+// net/http, and by Caddy's idle-timeout reader, which also keeps it from
+// lengthening Caddy's own timeouts).
+func boundBodyRead(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength == 0 {
+		// No body: net/http already waits on the connection in the
+		// background, and a deadline would cancel the request mid-way.
+		return
+	}
+	if srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server); ok && srv.ReadTimeout > 0 {
+		return
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Duration(bodyReadTimeout.Load())))
+}
+
 // audiences are the values a client assertion sent to this PAR endpoint
 // may carry as aud (RFC 9126 §2): the issuer, the token endpoint, and the
 // PAR endpoint's URL as the client addressed it, as discovery advertises

@@ -66,6 +66,7 @@ type parResponse struct {
 
 // servePAR is the pushed authorization request endpoint (RFC 9126 §2).
 func (g *gateway) servePAR(w http.ResponseWriter, r *http.Request, next nextHandler) {
+	boundBodyRead(w, r)
 	clientID, resp, oerr := g.push(r, next)
 	if oerr != nil {
 		g.logOutcome("par", clientID, "rejected", oerr.Code, "")
