@@ -38,7 +38,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 	var body []byte
 	var err error
 	if r.Method == http.MethodGet {
-		params, err = url.ParseQuery(r.URL.RawQuery)
+		params, err = parseParams(r.URL.RawQuery)
 	} else {
 		boundBodyRead(w, r)
 		body, params, err = g.readAuthorizeForm(r)
@@ -48,7 +48,7 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 			// on a client_id or request_uri never checked here. A
 			// parameter in both is then sent twice (RFC 6749 §3.1).
 			var q url.Values
-			if q, err = url.ParseQuery(r.URL.RawQuery); err == nil {
+			if q, err = parseParams(r.URL.RawQuery); err == nil {
 				for k, vs := range q {
 					params[k] = append(params[k], vs...)
 				}
@@ -115,8 +115,11 @@ func (g *gateway) readAuthorizeForm(r *http.Request) ([]byte, url.Values, error)
 	if int64(len(body)) > g.maxRequestSize {
 		return nil, nil, errors.New("the request body exceeds " + strconv.FormatInt(g.maxRequestSize, 10) + " bytes")
 	}
-	params, err := url.ParseQuery(string(body))
-	if err != nil {
+	params, err := parseParams(string(body))
+	switch {
+	case errors.Is(err, errTooManyParams):
+		return nil, nil, err
+	case err != nil:
 		return nil, nil, errors.New("malformed form body")
 	}
 	return body, params, nil
