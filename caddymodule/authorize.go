@@ -38,9 +38,22 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 	var body []byte
 	var err error
 	if r.Method == http.MethodGet {
-		params, err = url.ParseQuery(r.URL.RawQuery)
+		params, err = parseParams(r.URL.RawQuery)
 	} else {
+		boundBodyRead(w, r)
 		body, params, err = g.readAuthorizeForm(r)
+		if err == nil && r.URL.RawQuery != "" {
+			// The query of a POST counts too: upstreams that merge query
+			// and body (servlet getParameter, for one) would otherwise act
+			// on a client_id or request_uri never checked here. A
+			// parameter in both is then sent twice (RFC 6749 §3.1).
+			var q url.Values
+			if q, err = parseParams(r.URL.RawQuery); err == nil {
+				for k, vs := range q {
+					params[k] = append(params[k], vs...)
+				}
+			}
+		}
 	}
 	if err != nil {
 		e := badRequest(ErrInvalidRequest, err.Error())
@@ -91,7 +104,9 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 // body so that a request passed through reaches the upstream unchanged.
 func (g *gateway) readAuthorizeForm(r *http.Request) ([]byte, url.Values, error) {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "application/x-www-form-urlencoded" {
+	// RFC 9110 §5.3: one Content-Type. With two, the upstream could parse
+	// the body as something else than what was checked here.
+	if err != nil || mt != "application/x-www-form-urlencoded" || len(r.Header.Values("Content-Type")) != 1 {
 		return nil, nil, errors.New("a POSTed authorization request must be application/x-www-form-urlencoded")
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, g.maxRequestSize+1))
@@ -101,8 +116,11 @@ func (g *gateway) readAuthorizeForm(r *http.Request) ([]byte, url.Values, error)
 	if int64(len(body)) > g.maxRequestSize {
 		return nil, nil, errors.New("the request body exceeds " + strconv.FormatInt(g.maxRequestSize, 10) + " bytes")
 	}
-	params, err := url.ParseQuery(string(body))
-	if err != nil {
+	params, err := parseParams(string(body))
+	switch {
+	case errors.Is(err, errTooManyParams):
+		return nil, nil, err
+	case err != nil:
 		return nil, nil, errors.New("malformed form body")
 	}
 	return body, params, nil

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"net/http"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -82,6 +83,14 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 		return g.serveAuthorize(w, r, next)
 	case isDiscoveryPath(p):
 		return g.serveDiscovery(w, r, next)
+	case g.isAuthorizationLookalike(p):
+		// The upstream may route such a path to its authorization endpoint
+		// (Keycloak serves it with a trailing slash too): passed through,
+		// it would skip PAR enforcement (RFC 9126 §4, §6).
+		e := badRequest(ErrInvalidRequest, "send authorization requests to the exact path of the authorization endpoint")
+		g.logOutcome(r, epAuthorize, "", "", "rejected", e.Code, "")
+		writeBrowserError(w, r, e)
+		return nil
 	default:
 		if strings.HasPrefix(p, g.authorizationEndpoint+"/") {
 			// Grace cookies are sent below their path too: not upstream.
@@ -92,6 +101,52 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 }
 
 func (g *gateway) storeKey(ref string) string { return g.partition + ref }
+
+// isAuthorizationLookalike reports whether p is not the authorization
+// endpoint's path but a variant that servers commonly route to the same
+// resource: a trailing or doubled slash, dot segments, backslashes,
+// ;parameters (servlet containers drop them) or other letter case.
+// Other pages below the endpoint are not variants.
+func (g *gateway) isAuthorizationLookalike(p string) bool {
+	endpoint := path.Clean(g.authorizationEndpoint)
+	if p == g.authorizationEndpoint || len(p) < len(endpoint) {
+		return false // the variants are never shorter
+	}
+	p = strings.ReplaceAll(p, `\`, "/")
+	if strings.Contains(p, ";") {
+		segs := strings.Split(p, "/")
+		for i, s := range segs {
+			segs[i], _, _ = strings.Cut(s, ";")
+		}
+		p = strings.Join(segs, "/")
+	}
+	return strings.EqualFold(path.Clean("/"+p), endpoint)
+}
+
+// bodyReadTimeout bounds the wait for a PAR or POSTed authorization request
+// body when the server sets no read timeout of its own (Caddy's read_body,
+// unset by default): otherwise a client trickling bytes holds the request
+// open as long as it likes. Nanoseconds; tests shorten it.
+var bodyReadTimeout atomic.Int64
+
+func init() { bodyReadTimeout.Store(int64(10 * time.Second)) }
+
+// boundBodyRead applies bodyReadTimeout to reading r's body, unless the
+// operator configured a read timeout for the server, which then applies.
+// Once the body has been read to its end, the deadline is cleared (by
+// net/http, and by Caddy's idle-timeout reader, which also keeps it from
+// lengthening Caddy's own timeouts).
+func boundBodyRead(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength == 0 {
+		// No body: net/http already waits on the connection in the
+		// background, and a deadline would cancel the request mid-way.
+		return
+	}
+	if srv, ok := r.Context().Value(http.ServerContextKey).(*http.Server); ok && srv.ReadTimeout > 0 {
+		return
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Duration(bodyReadTimeout.Load())))
+}
 
 // audiences are the values a client assertion sent to this PAR endpoint
 // may carry as aud (RFC 9126 §2): the issuer, the token endpoint, and the
