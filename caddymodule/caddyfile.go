@@ -176,6 +176,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.StoreRaw = raw
 		default:
+			if ok, err := h.unmarshalLift(d); ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
 			return d.Errf("oauth_par: unknown subdirective %q", d.Val())
 		}
 	}
@@ -268,6 +274,12 @@ func unmarshalClient(d *caddyfile.Dispenser) (ClientConfig, error) {
 			}
 			c.RequireDPoP = true
 		default:
+			if ok, err := unmarshalClientLift(d, &c); ok {
+				if err != nil {
+					return c, err
+				}
+				continue
+			}
 			return c, d.Errf("client %q: unknown subdirective %q", c.ClientID, d.Val())
 		}
 	}

@@ -67,6 +67,9 @@ type ClientConfig struct {
 	RequireSignedRequestObject bool `json:"require_signed_request_object,omitempty"`
 	// RequireDPoP rejects pushes that bind no DPoP key (RFC 9449 §10).
 	RequireDPoP bool `json:"require_dpop,omitempty"`
+
+	// ClientLiftConfig: upstream credentials and gateway PKCE (lift.go).
+	ClientLiftConfig
 }
 
 // client is the provisioned, immutable form of a ClientConfig.

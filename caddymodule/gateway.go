@@ -48,6 +48,10 @@ type gateway struct {
 	logger *zap.Logger
 	now    func() time.Time
 
+	// lift is issue 10 (iss in authorization responses, the token
+	// endpoint, gateway PKCE); nil when not configured.
+	lift *lift
+
 	// learnedIss is the iss for error redirects taken from discovery; nil
 	// until known ("" when the upstream does not promise RFC 9207).
 	learnedIss atomic.Pointer[string]
@@ -70,11 +74,12 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 		g.serveJWKS(w, r)
 		return nil
 	case p == g.authorizationEndpoint:
-		return g.serveAuthorize(w, r, next)
+		w = g.watchAuthzResponse(w, r, next)
+		return g.serveAuthorize(w, withAuthzWriter(r, w), next)
 	case isDiscoveryPath(p):
 		return g.serveDiscovery(w, r, next)
 	default:
-		return next(w, r)
+		return next(g.watchAuthzResponse(w, r, next), r)
 	}
 }
 

@@ -106,6 +106,9 @@ type Handler struct {
 	ClientCAFile string `json:"client_ca_file,omitempty"`
 	// Clients are the OAuth clients allowed to push.
 	Clients []ClientConfig `json:"clients,omitempty"`
+	// LiftConfig: iss in authorization responses, the token endpoint and
+	// gateway PKCE (lift.go).
+	LiftConfig
 	// StoreRaw is the pushed-request store. Default: memory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.oauth_par.stores inline_key=backend"`
 
@@ -315,7 +318,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if sk != nil {
 		h.gw.requestObjectPolicy.Decrypt = sk.decrypt
 	}
-	return nil
+	return h.provisionLift(ctx.Logger())
 }
 
 // jwksFetchTimeout bounds one fetch of a client's jwks_uri; dpopMaxAge is
@@ -451,6 +454,9 @@ func (h *Handler) validate() error {
 		}
 		// Each client was validated in Provision, with its secret expanded.
 		seen[c.ClientID] = true
+	}
+	if err := h.validateLift(); err != nil {
+		return err
 	}
 	return h.checkProfile()
 }

@@ -134,6 +134,9 @@ func (g *gateway) push(r *http.Request, next nextHandler) (clientID string, _ *p
 	if oerr := validatePush(c, params); oerr != nil {
 		return c.id, nil, oerr
 	}
+	if oerr := g.checkLiftPush(params); oerr != nil {
+		return c.id, nil, oerr
+	}
 
 	var stored string
 	switch {

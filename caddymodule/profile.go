@@ -36,6 +36,7 @@ func (h *Handler) applyProfile() {
 	}
 	// FAPI 2.0 §5.3.2.2: PAR required, every request pushed.
 	h.RequirePAR = true
+	h.applyLiftProfile()
 	if h.Profile == ProfileFAPI2MessageSigning {
 		// FAPI 2.0 Message Signing §5.3.1: signed request objects at PAR.
 		h.RequireSignedRequestObject = true
