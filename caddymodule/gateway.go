@@ -73,6 +73,8 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 	case g.serverKeys != nil && p == g.jwksPath:
 		g.serveJWKS(w, r)
 		return nil
+	case g.isTokenEndpoint(p):
+		return g.serveToken(w, r, next)
 	case p == g.authorizationEndpoint:
 		w = g.watchAuthzResponse(w, r, next)
 		return g.serveAuthorize(w, withAuthzWriter(r, w), next)
