@@ -180,6 +180,11 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 	if oerr := validatePush(c, values); oerr != nil {
 		return fail(http.StatusBadRequest, ErrInvalidRequestURI, "the pushed request no longer satisfies the client's policy: "+oerr.Description, ref)
 	}
+	// Issue 10 §2: the browser binding of gateway PKCE (pkce.go).
+	var berr *oauthError
+	if pushed.Params, berr = g.bindRedemption(w, r, c, values, pushed.Params); berr != nil {
+		return fail(berr.Status, berr.Code, berr.Description, ref)
+	}
 
 	fwd := r.Clone(r.Context())
 	fwd.Header.Del("Content-Length")

@@ -43,6 +43,10 @@ type authzResponseWriter struct {
 	next    nextHandler
 	wrote   bool
 	discard bool
+	// redeemed is the browser binding a redemption made in this very
+	// request (pkce.go), for an upstream that answers it with the
+	// authorization response at once (an existing session).
+	redeemed *browserBinding
 }
 
 func (aw *authzResponseWriter) WriteHeader(code int) {
@@ -218,6 +222,11 @@ func (g *gateway) checkAuthzResponse(aw *authzResponseWriter, h http.Header, loc
 		case len(got) == 0:
 			loc = withParam(loc, res.fragment, "iss", iss)
 			h.Set("Location", loc)
+		}
+	}
+	if l.gatewayPKCE {
+		if e := g.captureCode(aw, h, res); e != nil {
+			return e
 		}
 	}
 	g.logOutcome("authorization_response", res.targets[0].clientID, "checked", "", "")

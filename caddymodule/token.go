@@ -66,6 +66,11 @@ func (g *gateway) tokenRequest(r *http.Request, next nextHandler) (*http.Request
 	if form.Get("grant_type") == "" {
 		return nil, c.id, badRequest(ErrInvalidRequest, "grant_type is required")
 	}
+	if g.lift.gatewayPKCE && form.Get("grant_type") == "authorization_code" {
+		if oerr := g.checkCode(r, c, form); oerr != nil {
+			return nil, c.id, oerr
+		}
+	}
 	return g.upstreamTokenRequest(r, c, body), c.id, nil
 }
 
