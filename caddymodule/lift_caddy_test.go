@@ -1,10 +1,12 @@
 package caddymodule_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/go-jose/go-jose/v4"
 )
 
@@ -47,5 +49,36 @@ func TestCaddyProfileFAPI2LiftsTheTokenEndpoint(t *testing.T) {
 	m = ctDecode(t, c.get(t, "/.well-known/openid-configuration", nil).Body)
 	if m["authorization_response_iss_parameter_supported"] != true || strs(m["token_endpoint_auth_methods_supported"]) != `["client_secret_basic"]` {
 		t.Errorf("fapi2 without token_endpoint: iss %v, token_endpoint_auth_methods_supported %v", m["authorization_response_iss_parameter_supported"], m["token_endpoint_auth_methods_supported"])
+	}
+}
+
+func TestCaddyLiftCaddyfileAdapts(t *testing.T) {
+	cf := `:8080 {
+	oauth_par {
+		authorization_endpoint /authorize
+		add_iss
+		token_endpoint /token
+		gateway_pkce
+		upstream_pkce off
+		client a {
+			secret s
+			redirect_uris https://a.example.test/cb
+			upstream_secret {env.A_UPSTREAM}
+			upstream_auth_method client_secret_post
+			require_gateway_pkce
+		}
+	}
+}`
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`"add_iss":true`, `"token_endpoint":"/token"`, `"gateway_pkce":true`, `"upstream_pkce":"off"`,
+		`"upstream_secret":"{env.A_UPSTREAM}"`, `"upstream_auth_method":"client_secret_post"`, `"require_gateway_pkce":true`,
+	} {
+		if !bytes.Contains(cfg, []byte(want)) {
+			t.Errorf("adapted JSON lacks %s:\n%s", want, cfg)
+		}
 	}
 }

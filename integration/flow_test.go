@@ -54,6 +54,10 @@ type FlowConfig struct {
 	RequestObjectKey        *FlowKey        `json:"requestObjectKey,omitempty"`
 	RequestObjectEncryption *FlowEncryption `json:"requestObjectEncryption,omitempty"`
 	DPoP                    *FlowDPoP       `json:"dpop,omitempty"`
+	// Token endpoint refusals (issue 10): another code_verifier than the
+	// pushed challenge's; the code redeemed again after the tokens came.
+	WrongVerifier bool `json:"wrongVerifier,omitempty"`
+	ReplayCode    bool `json:"replayCode,omitempty"`
 }
 
 // FlowKey is a private JWK and the JWS algorithm to sign with.
@@ -194,6 +198,13 @@ type FlowResult struct {
 		Scope                 *string `json:"scope"`
 		Error                 any     `json:"error"`
 	} `json:"refresh"`
+	Replay struct {
+		Attempted bool    `json:"attempted"`
+		OK        bool    `json:"ok"`
+		Error     any     `json:"error"`
+		ErrorCode *string `json:"errorCode"`
+		Status    *int    `json:"status"`
+	} `json:"replay"`
 	SecondVisit struct {
 		Attempted     bool          `json:"attempted"`
 		Result        string        `json:"result"`
