@@ -61,7 +61,7 @@ func (aw *authzResponseWriter) WriteHeader(code int) {
 	aw.wrote = true
 	if code >= 300 && code < 400 {
 		h := aw.Header()
-		if loc := h.Get("Location"); loc != "" && len(h.Values("Location")) == 1 {
+		if loc := h.Get("Location"); loc != "" {
 			if e := aw.g.checkAuthzResponse(aw, h, loc); e != nil {
 				aw.discard = true
 				for k := range h {
@@ -202,6 +202,10 @@ func (g *gateway) checkAuthzResponse(aw *authzResponseWriter, h http.Header, loc
 	res, ok := l.parseAuthzResponse(loc)
 	if !ok {
 		return nil
+	}
+	if len(h.Values("Location")) > 1 {
+		g.logOutcome("authorization_response", res.targets[0].clientID, "rejected", ErrServerError, "")
+		return newError(http.StatusBadGateway, ErrServerError, "the authorization server's response has more than one Location")
 	}
 	if l.addIss {
 		iss := g.authzIssuer(aw.r, aw.next)

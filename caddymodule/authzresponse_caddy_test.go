@@ -49,6 +49,11 @@ func TestCaddyIssAddedToAuthorizationResponses(t *testing.T) {
 		},
 		"/login-actions/200":                func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, strings.Repeat("page ", 20000)) },
 		"/.well-known/openid-configuration": ctJSONHandler(`{"issuer":"` + issIssuer + `","authorization_endpoint":"https://idp.example.test/authorize","authorization_response_iss_parameter_supported":false}`),
+		"/login-actions/two_locations": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Add("Location", ctAppRedirect+"?code=C0DE")
+			w.Header().Add("Location", "https://evil.example.test/")
+			w.WriteHeader(http.StatusFound)
+		},
 		"/login-actions/not_redirect_with_location": func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Location", ctAppRedirect+"?code=C")
 			w.WriteHeader(http.StatusCreated)
@@ -86,7 +91,7 @@ func TestCaddyIssAddedToAuthorizationResponses(t *testing.T) {
 		})
 	}
 
-	for _, p := range []string{"/login-actions/wrong_iss", "/login-actions/wrong_iss_fr", "/login-actions/two_iss"} {
+	for _, p := range []string{"/login-actions/wrong_iss", "/login-actions/wrong_iss_fr", "/login-actions/two_iss", "/login-actions/two_locations"} {
 		t.Run("refused_"+strings.TrimPrefix(p, "/login-actions/"), func(t *testing.T) {
 			r := c.postForm(t, p, "username=u&password=p", nil)
 			ctWantHTMLError(t, r, http.StatusBadGateway, "server_error")
