@@ -6,12 +6,15 @@ package caddymodule_test
 // (/login-actions/...) and Dex (/dex/approval) do.
 
 import (
+	"bufio"
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 const issIssuer = "https://idp.example.test/realms/demo"
@@ -176,4 +179,84 @@ func TestCaddyIssConfigErrorsNameTheDirective(t *testing.T) {
 	up := ctNewUpstream(t, nil)
 	storage := t.TempDir()
 	ctWantLoadError(t, up, storage, ctBlock("add_iss on"), "add_iss")
+}
+
+// The wrapper that watches every response must not buffer: a streamed
+// response arrives while the upstream is still writing, and a connection
+// upgrade (Hijack, through http.ResponseController and Unwrap) works.
+func TestCaddyIssWatchingKeepsStreamingAndUpgrades(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	routes := map[string]http.HandlerFunc{
+		"/events": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, "data: first\n\n")
+			_ = http.NewResponseController(w).Flush()
+			select {
+			case <-release:
+			case <-time.After(5 * time.Second):
+			}
+		},
+		"/ws": func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("Upgrade") != "websocket" {
+				http.Error(w, "no upgrade", http.StatusBadRequest)
+				return
+			}
+			conn, brw, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+			_ = brw.Flush()
+			line, _ := brw.ReadString('\n')
+			_, _ = brw.WriteString("echo " + line)
+			_ = brw.Flush()
+		},
+	}
+	up := ctNewUpstream(t, routes)
+	c := ctStart(t, up, "", ctBlock("issuer "+issIssuer, "add_iss"))
+
+	t.Run("streamed", func(t *testing.T) {
+		resp, err := c.client.Get(c.base + "/events")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		got := make(chan string, 1)
+		go func() {
+			line, _ := bufio.NewReader(resp.Body).ReadString('\n')
+			got <- line
+		}()
+		select {
+		case line := <-got:
+			if line != "data: first\n" {
+				t.Errorf("first line %q", line)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatal("the first event did not arrive while the upstream was still writing: buffered")
+		}
+	})
+
+	t.Run("upgraded", func(t *testing.T) {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(c.base, "http://"), 3*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: "+strings.TrimPrefix(c.base, "http://")+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		_, _ = io.WriteString(conn, "ping\n")
+		if line, _ := br.ReadString('\n'); line != "echo ping\n" {
+			t.Errorf("after the upgrade: %q", line)
+		}
+	})
 }
