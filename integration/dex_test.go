@@ -184,6 +184,7 @@ func TestDex(t *testing.T) {
 				AuthorizationEndpoint: "/dex/auth",
 				PAREndpoint:           "/dex/par",
 			},
+			upstreamPKCEOff: true,
 		}, "/dex/token")
 	})
 }

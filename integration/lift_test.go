@@ -66,7 +66,8 @@ func (e *idpEnv) runFAPI2Lift(t *testing.T, gwBin string, s fapiSetup, tokenPath
 	}}
 	prev := e.gw
 	prev.Stop(5 * time.Second)
-	gw, err := harness.StartGateway(suiteCtx, gwBin, dir, cfg, []string{"FAPI_UPSTREAM_SECRET=" + s.secret})
+	env := []string{"FAPI_UPSTREAM_SECRET=" + s.secret}
+	gw, err := harness.StartGateway(suiteCtx, gwBin, dir, cfg, env)
 	if err != nil {
 		t.Fatalf("starting the gateway (Caddyfile in %s): %v", dir, err)
 	}
@@ -238,5 +239,53 @@ func (e *idpEnv) runFAPI2Lift(t *testing.T, gwBin string, s fapiSetup, tokenPath
 			t.Errorf("oauth_par lines: %d token endpoint, %d code_bound; want some of each", token, bound)
 		}
 		t.Logf("oauth_par lines: %d token endpoint, %d code_bound", token, bound)
+	})
+
+	if !s.upstreamPKCEOff {
+		return
+	}
+	// The same gateway with upstream_pkce off: the IdP sees no PKCE
+	// parameter at all, and the gateway alone checks the verifier.
+	t.Run("upstream_pkce_off", func(t *testing.T) {
+		sub := e.subtestDir(t)
+		cfg2 := cfg
+		cfg2.LogPath = filepath.Join(sub, "gateway.log")
+		cfg2.Extra = append(append([]string{}, cfg.Extra...), "upstream_pkce off")
+		gw.Stop(5 * time.Second)
+		gw2, err := harness.StartGateway(suiteCtx, gwBin, sub, cfg2, env)
+		if err != nil {
+			t.Fatalf("starting the gateway (Caddyfile in %s): %v", sub, err)
+		}
+		t.Cleanup(func() { gw2.Stop(5 * time.Second) })
+		e.gw = gw2
+		mark, before := len(hop.All()), hop.Count()
+		r := f.run(t, flow())
+		requireTokens(t, r)
+		authz := 0
+		for _, u := range hop.All()[mark:] {
+			if strings.Contains(u, cfg.AuthorizationEndpoint) {
+				authz++
+			}
+			if strings.Contains(u, "code_challenge") {
+				t.Errorf("the IdP got a PKCE parameter: %s", clip(u, 200))
+			}
+		}
+		if authz == 0 {
+			t.Errorf("no authorization request reached the IdP through the hop")
+		}
+		if n := hop.Count() - before; n != 1 {
+			t.Fatalf("%d token requests reached the IdP, want 1", n)
+		}
+		if up := hop.Seen()[len(hop.Seen())-1]; up.Form.Has("code_verifier") {
+			t.Errorf("the IdP got a code_verifier")
+		}
+		before = hop.Count()
+		cfg := flow()
+		cfg.WrongVerifier = true
+		r = f.run(t, cfg)
+		if r.Outcome != "error" || r.Stage != "token" || !strings.Contains(fmt.Sprint(r.Error), "invalid_grant") || hop.Count() != before {
+			t.Errorf("wrong verifier with upstream_pkce off: outcome=%s stage=%s error=%v, %d token requests reached the IdP", r.Outcome, r.Stage, r.Error, hop.Count()-before)
+		}
+		t.Logf("upstream_pkce off: %d authorization request(s) and 1 token request reached the IdP without PKCE; a wrong verifier was still refused", authz)
 	})
 }

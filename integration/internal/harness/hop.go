@@ -29,6 +29,7 @@ type Hop struct {
 
 	mu   sync.Mutex
 	seen []HopRequest
+	all  []string // method, path and query of every request
 }
 
 // HopRequest is one request to the counted path, as the IdP got it.
@@ -69,6 +70,9 @@ func StartHop(upstream, countPath string) (*Hop, error) {
 		},
 	}
 	h.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.mu.Lock()
+		h.all = append(h.all, r.Method+" "+r.URL.RequestURI())
+		h.mu.Unlock()
 		if r.URL.Path == h.countPath && r.Method == http.MethodPost {
 			h.count.Add(1)
 			body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
@@ -93,6 +97,14 @@ func (h *Hop) Seen() []HopRequest {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]HopRequest(nil), h.seen...)
+}
+
+// All returns the method and request URI of every request the hop passed
+// on, in order.
+func (h *Hop) All() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.all...)
 }
 
 // TamperIss sets (or, with "", clears) the iss put into authorization
