@@ -167,7 +167,7 @@ func (h *Handler) validateLift() error {
 	switch h.UpstreamPKCE {
 	case "", "on":
 	case "off":
-		if !h.GatewayPKCE {
+		if !h.GatewayPKCE && !anyRequirePKCE(h.Clients) {
 			return fmt.Errorf("upstream_pkce: off needs gateway_pkce (PKCE would be checked nowhere)")
 		}
 	default:

@@ -111,9 +111,19 @@ func (e *idpEnv) runFAPI2Lift(t *testing.T, gwBin string, s fapiSetup, tokenPath
 	})
 
 	t.Run("private_key_jwt_at_par_and_token_endpoint_gateway_pkce_iss", func(t *testing.T) {
-		before := hop.Count()
+		before, redirectsBefore := hop.Count(), len(hop.CodeRedirects())
 		r := f.run(t, flow())
 		requireTokens(t, r)
+		// Keycloak adds iss itself (the gateway verifies it and adds none);
+		// Dex does not (the gateway adds it).
+		upstreamIss := getJSON(t, e.upstreamURL+e.discoveryPath)["authorization_response_iss_parameter_supported"] == true
+		if rs := hop.CodeRedirects()[redirectsBefore:]; len(rs) != 1 {
+			t.Errorf("the IdP sent %d redirects with a code, want 1", len(rs))
+		} else if n := strings.Count(rs[0], "iss="); n != map[bool]int{true: 1, false: 0}[upstreamIss] {
+			t.Errorf("the IdP's own redirect has %d iss (its discovery promises iss: %v): %s", n, upstreamIss, clip(rs[0], 200))
+		} else {
+			t.Logf("the IdP's redirect carried %d iss of its own; the client got exactly one", n)
+		}
 		if r.Discovery.AuthorizationResponseIssParameterSupported == nil || !*r.Discovery.AuthorizationResponseIssParameterSupported {
 			t.Errorf("openid-client did not see authorization_response_iss_parameter_supported, so it did not check iss")
 		}

@@ -30,6 +30,9 @@ type Hop struct {
 	mu   sync.Mutex
 	seen []HopRequest
 	all  []string // method, path and query of every request
+	// codeRedirects are the Locations of the IdP's redirects that carry
+	// code=, as the IdP sent them.
+	codeRedirects []string
 }
 
 // HopRequest is one request to the counted path, as the IdP got it.
@@ -55,7 +58,13 @@ func StartHop(upstream, countPath string) (*Hop, error) {
 		ModifyResponse: func(resp *http.Response) error {
 			iss := h.tamperIss.Load()
 			loc := resp.Header.Get("Location")
-			if iss == nil || resp.StatusCode/100 != 3 || !strings.Contains(loc, "code=") {
+			if resp.StatusCode/100 != 3 || !strings.Contains(loc, "code=") {
+				return nil
+			}
+			h.mu.Lock()
+			h.codeRedirects = append(h.codeRedirects, loc)
+			h.mu.Unlock()
+			if iss == nil {
 				return nil
 			}
 			u, err := url.Parse(loc)
@@ -105,6 +114,14 @@ func (h *Hop) All() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return append([]string(nil), h.all...)
+}
+
+// CodeRedirects returns the Locations of the IdP's redirects that carried
+// code=, before any tampering.
+func (h *Hop) CodeRedirects() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]string(nil), h.codeRedirects...)
 }
 
 // TamperIss sets (or, with "", clears) the iss put into authorization
