@@ -65,6 +65,12 @@ func outcomeMessage(outcome string) string {
 		return "request rejected"
 	case "passed_through":
 		return "request passed_through"
+	case "forwarded":
+		return "request forwarded"
+	case "checked":
+		return "response checked"
+	case "code_bound":
+		return "response code_bound"
 	}
 	return "request outcome"
 }

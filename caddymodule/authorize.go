@@ -95,9 +95,8 @@ func (g *gateway) serveAuthorize(w http.ResponseWriter, r *http.Request, next ne
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 	}
-	stripGraceCookies(r.Header)
 	g.logOutcome(r, epAuthorize, logID(clientID), "", "passed_through", "", "")
-	return next(w, r)
+	return next(w, withoutGatewayCookies(r))
 }
 
 // readAuthorizeForm reads a POSTed authorization request, keeping the raw
@@ -212,6 +211,11 @@ func (g *gateway) redeem(w http.ResponseWriter, r *http.Request, next nextHandle
 	}
 	if oerr := validatePush(c, values); oerr != nil {
 		return fail(http.StatusBadRequest, ErrInvalidRequestURI, "the pushed request no longer satisfies the client's policy: "+oerr.Description, ref)
+	}
+	// Issue 10 §2: the browser binding of gateway PKCE (pkce.go).
+	var berr *oauthError
+	if pushed.Params, berr = g.bindRedemption(w, r, c, values, pushed.Params); berr != nil {
+		return fail(berr.Status, berr.Code, berr.Description, ref)
 	}
 
 	fwd := r.Clone(r.Context())

@@ -242,6 +242,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.StoreRaw = raw
 		default:
+			if ok, err := h.unmarshalLift(d); ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
 			return d.Errf("oauth_par: unknown subdirective %q", d.Val())
 		}
 	}
@@ -340,6 +346,12 @@ func unmarshalClient(d *caddyfile.Dispenser) (ClientConfig, error) {
 			}
 			c.RateLimit = r
 		default:
+			if ok, err := unmarshalClientLift(d, &c); ok {
+				if err != nil {
+					return c, err
+				}
+				continue
+			}
 			return c, d.Errf("client %q: unknown subdirective %q", c.ClientID, d.Val())
 		}
 	}

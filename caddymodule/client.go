@@ -71,6 +71,8 @@ type ClientConfig struct {
 	// RateLimit, when set, replaces rate_limit's per_client for this
 	// client (or switches it off); a public client is limited only by it.
 	RateLimit *Rate `json:"rate_limit,omitempty"`
+	// ClientLiftConfig: upstream credentials and gateway PKCE (lift.go).
+	ClientLiftConfig
 }
 
 // client is the provisioned, immutable form of a ClientConfig.

@@ -58,6 +58,10 @@ type gateway struct {
 	// metrics are the Prometheus collectors (metrics.go); nil in unit tests.
 	metrics *parMetrics
 
+	// lift is issue 10 (iss in authorization responses, the token
+	// endpoint, gateway PKCE); nil when not configured.
+	lift *lift
+
 	// learnedIss is the iss for error redirects taken from discovery; nil
 	// until known ("" when the upstream does not promise RFC 9207).
 	learnedIss atomic.Pointer[string]
@@ -79,8 +83,11 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 	case g.serverKeys != nil && p == g.jwksPath:
 		g.serveJWKS(w, r)
 		return nil
+	case g.isTokenEndpoint(p):
+		return g.serveToken(w, r, next)
 	case p == g.authorizationEndpoint:
-		return g.serveAuthorize(w, r, next)
+		w = g.watchAuthzResponse(w, r, next)
+		return g.serveAuthorize(w, withAuthzWriter(r, w), next)
 	case isDiscoveryPath(p):
 		return g.serveDiscovery(w, r, next)
 	case g.isAuthorizationLookalike(p):
@@ -92,11 +99,9 @@ func (g *gateway) serveHTTP(w http.ResponseWriter, r *http.Request, next nextHan
 		writeBrowserError(w, r, e)
 		return nil
 	default:
-		if strings.HasPrefix(p, g.authorizationEndpoint+"/") {
-			// Grace cookies are sent below their path too: not upstream.
-			stripGraceCookies(r.Header)
-		}
-		return next(w, r)
+		// Grace cookies are sent below their path too, PKCE binding
+		// cookies everywhere: not upstream.
+		return next(g.watchAuthzResponse(w, r, next), withoutGatewayCookies(r))
 	}
 }
 

@@ -83,14 +83,50 @@ func (g *gateway) graceCookie(name, value string, maxAge time.Duration) *http.Co
 	}
 }
 
-// stripGraceCookies removes the gateway's grace cookies from a request
-// about to go upstream: they are the gateway's business only. Other
+// gatewayCookieMark is in the name of every cookie the gateway sets: the
+// grace cookies here, the PKCE binding cookies of pkce.go.
+const gatewayCookieMark = "oauth_par_"
+
+// isGatewayCookie reports whether a "name=value" pair of a Cookie header
+// is one of the gateway's own cookies.
+func isGatewayCookie(pair string) bool {
+	name := strings.TrimSpace(pair)
+	name = strings.TrimPrefix(name, "__Secure-")
+	name = strings.TrimPrefix(name, "__Host-")
+	return strings.HasPrefix(name, gatewayCookieMark)
+}
+
+// withoutGatewayCookies is r as it may go upstream: r itself when it
+// carries none of the gateway's cookies, otherwise a copy without them. r
+// keeps them: the authorization response watcher (authzresponse.go) reads
+// the PKCE binding cookie from it.
+func withoutGatewayCookies(r *http.Request) *http.Request {
+	found := false
+	for _, l := range r.Header["Cookie"] {
+		if strings.Contains(l, gatewayCookieMark) {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return r
+	}
+	r2 := new(http.Request)
+	*r2 = *r
+	r2.Header = r.Header.Clone()
+	stripGraceCookies(r2.Header)
+	return r2
+}
+
+// stripGraceCookies removes the gateway's own cookies (grace and PKCE
+// binding) from a request about to go upstream: they are the gateway's
+// business only, and their values must not reach the IdP's logs. Other
 // cookies are left byte for byte as the browser sent them.
 func stripGraceCookies(h http.Header) {
 	lines := h["Cookie"]
 	found := false
 	for _, l := range lines {
-		if strings.Contains(l, graceCookiePrefix) {
+		if strings.Contains(l, gatewayCookieMark) {
 			found = true
 			break
 		}
@@ -102,7 +138,7 @@ func stripGraceCookies(h http.Header) {
 	for _, l := range lines {
 		var parts []string
 		for _, p := range strings.Split(l, ";") {
-			if strings.HasPrefix(strings.TrimSpace(p), graceCookiePrefix) {
+			if isGatewayCookie(p) {
 				continue
 			}
 			parts = append(parts, p)

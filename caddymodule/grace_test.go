@@ -21,6 +21,10 @@ func TestGraceStripCookiesKeepsOthersByteForByte(t *testing.T) {
 		{[]string{"a=1; " + g + "; b=\"q v\""}, []string{"a=1; b=\"q v\""}},
 		{[]string{"a=1;" + g + ";" + graceCookiePrefix + "x=y;b=2"}, []string{"a=1;b=2"}},
 		{[]string{"a=1", g, "b=2"}, []string{"a=1", "b=2"}}, // HTTP/2 may split them
+		// PKCE binding cookies (pkce.go), plain and __Host-.
+		{[]string{"a=1; oauth_par_pkce_0123=v; __Host-oauth_par_pkce_4567=w"}, []string{"a=1"}},
+		// Names that merely contain the mark stay.
+		{[]string{"my_oauth_par_x=1; a=oauth_par_y"}, []string{"my_oauth_par_x=1; a=oauth_par_y"}},
 	} {
 		h := http.Header{"Cookie": tc.in}
 		stripGraceCookies(h)

@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -127,6 +128,8 @@ type advertisement struct {
 	mtlsURL string
 	// jwksPath is advertised as jwks_uri when the upstream has none.
 	jwksPath string
+	// drop are upstream members removed (they would not be true).
+	drop []string
 }
 
 // member is one top-level metadata member: a name and its JSON value.
@@ -154,7 +157,7 @@ func rewriteMetadata(doc []byte, parPath string, requirePAR bool, adv advertisem
 	var info metadataInfo
 	hasJWKS := false
 	out, err := filterObject(doc, func(key string, raw json.RawMessage) (json.RawMessage, bool) {
-		if _, ours := adv.member(key); ours {
+		if _, ours := adv.member(key); ours || slices.Contains(adv.drop, key) {
 			return nil, false
 		}
 		switch key {
@@ -337,6 +340,9 @@ func (g *gateway) learnIssuer(info metadataInfo) {
 // this gateway since it started), the upstream's discovery is probed, since
 // a client that cached the document still expects iss (RFC 9207 §2.4).
 func (g *gateway) responseIssuer(r *http.Request, next nextHandler) string {
+	if iss, ok := g.liftIssuer(r, next); ok {
+		return iss
+	}
 	if g.issuer != "" {
 		return g.issuer
 	}

@@ -47,6 +47,8 @@ type parMetrics struct {
 	pushDuration   *prometheus.HistogramVec // outcome
 	redeemDuration *prometheus.HistogramVec // outcome
 	refusals       *prometheus.CounterVec   // operation, reason
+	tokens         *prometheus.CounterVec   // client_id, outcome, error
+	responses      *prometheus.CounterVec   // client_id, outcome, error
 }
 
 // globalMetrics are the process-wide collectors (see above).
@@ -81,6 +83,16 @@ func newParMetrics() *parMetrics {
 			Name:      "store_refusals_total",
 			Help:      "Store operations that failed, so that a push, a redemption or a JWT check was refused with 503, by operation (put, take, claim) and reason (full, unavailable).",
 		}, []string{"operation", "reason"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace,
+			Name:      "token_requests_total",
+			Help:      "Requests at the token endpoint behind the gateway (token_endpoint), by client, outcome (forwarded, rejected) and OAuth error code.",
+		}, []string{"client_id", "outcome", "error"}),
+		responses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace,
+			Name:      "authorization_responses_total",
+			Help:      "Authorization responses to registered redirect URIs seen by add_iss or gateway_pkce, by client, outcome (checked, code_bound, rejected) and OAuth error code.",
+		}, []string{"client_id", "outcome", "error"}),
 	}
 }
 
@@ -107,6 +119,12 @@ func provisionMetrics(ctx caddy.Context) (*parMetrics, error) {
 		return nil, err
 	}
 	if m.refusals, err = registerOrReuse(reg, m.refusals); err != nil {
+		return nil, err
+	}
+	if m.tokens, err = registerOrReuse(reg, m.tokens); err != nil {
+		return nil, err
+	}
+	if m.responses, err = registerOrReuse(reg, m.responses); err != nil {
 		return nil, err
 	}
 	if _, err = registerOrReuse(reg, prometheus.Collector(storeCollectorInstance)); err != nil {
@@ -142,12 +160,22 @@ const (
 	// epAuthorize is the authorization endpoint otherwise (passed through,
 	// or rejected because PAR is required or the request is malformed).
 	epAuthorize
+	// epToken is the token endpoint behind the gateway (token_endpoint).
+	epToken
+	// epAuthzResponse is an authorization response on its way to a
+	// registered redirect_uri (add_iss, gateway_pkce).
+	epAuthzResponse
 )
 
 // logName is the endpoint as the log lines name it.
 func (e endpointKind) logName() string {
-	if e == epPAR {
+	switch e {
+	case epPAR:
 		return "par"
+	case epToken:
+		return "token"
+	case epAuthzResponse:
+		return "authorization_response"
 	}
 	return "authorize"
 }
@@ -167,6 +195,7 @@ var metricErrorCodes = map[string]bool{
 	ErrInvalidAuthorizationDetails: true,
 	ErrTemporarilyUnavailable:      true,
 	ErrServerError:                 true,
+	ErrInvalidGrant:                true,
 }
 
 func metricErrorCode(code string) string {
@@ -177,7 +206,7 @@ func metricErrorCode(code string) string {
 }
 
 // metricOutcomes are the outcome label values.
-var metricOutcomes = map[string]bool{"issued": true, "redeemed": true, "redeemed_again": true, "rejected": true, "passed_through": true}
+var metricOutcomes = map[string]bool{"issued": true, "redeemed": true, "redeemed_again": true, "rejected": true, "passed_through": true, "forwarded": true, "checked": true, "code_bound": true}
 
 // observe counts one outcome. clientLabel is already bounded (a configured
 // client or metricUnknownClient); start is when Caddy received the request
@@ -198,6 +227,10 @@ func (m *parMetrics) observe(ep endpointKind, clientLabel, outcome, code string,
 		if !start.IsZero() {
 			m.redeemDuration.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
 		}
+	case epToken:
+		m.tokens.WithLabelValues(clientLabel, outcome, code).Inc()
+	case epAuthzResponse:
+		m.responses.WithLabelValues(clientLabel, outcome, code).Inc()
 	default:
 		m.authorizations.WithLabelValues(clientLabel, outcome, code).Inc()
 	}

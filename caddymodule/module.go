@@ -122,6 +122,9 @@ type Handler struct {
 	// UpstreamClientAuth, when set, lets clients that are not configured
 	// push with a secret that the upstream's token endpoint accepts.
 	UpstreamClientAuth *UpstreamClientAuth `json:"upstream_client_auth,omitempty"`
+	// LiftConfig: iss in authorization responses, the token endpoint and
+	// gateway PKCE (lift.go).
+	LiftConfig
 	// StoreRaw is the pushed-request store. Default: memory.
 	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=http.handlers.oauth_par.stores inline_key=backend"`
 
@@ -367,7 +370,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if sk != nil {
 		h.gw.requestObjectPolicy.Decrypt = sk.decrypt
 	}
-	return nil
+	return h.provisionLift(ctx.Logger())
 }
 
 // jwksFetchTimeout bounds one fetch of a client's jwks_uri; dpopMaxAge is
@@ -513,6 +516,9 @@ func (h *Handler) validate() error {
 		}
 		// Each client was validated in Provision, with its secret expanded.
 		seen[c.ClientID] = true
+	}
+	if err := h.validateLift(); err != nil {
+		return err
 	}
 	return h.checkProfile()
 }

@@ -149,6 +149,9 @@ func (g *gateway) pushAuth(r *http.Request, next nextHandler, authMethod *string
 	if oerr := validatePush(c, params); oerr != nil {
 		return c.id, nil, oerr
 	}
+	if oerr := g.checkLiftPush(params); oerr != nil {
+		return c.id, nil, oerr
+	}
 
 	var stored string
 	switch {

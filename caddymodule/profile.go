@@ -44,6 +44,7 @@ func (h *Handler) applyProfile() {
 		off := caddy.Duration(0)
 		h.ReuseGrace = &off
 	}
+	h.applyLiftProfile()
 	if h.Profile == ProfileFAPI2MessageSigning {
 		// FAPI 2.0 Message Signing §5.3.1: signed request objects at PAR.
 		h.RequireSignedRequestObject = true

@@ -191,4 +191,19 @@ func TestDex(t *testing.T) {
 			encEnc:            "A128GCM",
 		})
 	})
+
+	// Issue 10: the token endpoint behind the gateway, gateway PKCE and
+	// iss, which Dex does not add: the gateway does.
+	t.Run("fapi2_lift", func(t *testing.T) {
+		e.runFAPI2Lift(t, gwBin, fapiSetup{
+			secret:   fapiSecret,
+			redirect: fapiRedirect,
+			gw: harness.GatewayConfig{
+				Upstream:              fmt.Sprintf("127.0.0.1:%d", dexPort),
+				AuthorizationEndpoint: "/dex/auth",
+				PAREndpoint:           "/dex/par",
+			},
+			upstreamPKCEOff: true,
+		}, "/dex/token")
+	})
 }

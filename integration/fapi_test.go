@@ -37,6 +37,9 @@ type fapiSetup struct {
 	encAlg, encEnc string
 	// checkTokens: per-IdP checks of a successful flow's tokens.
 	checkTokens func(t *testing.T, e *idpEnv, r *FlowResult)
+	// upstreamPKCEOff: the fapi2_lift group also runs a flow with
+	// upstream_pkce off (an upstream that does not require PKCE).
+	upstreamPKCEOff bool
 }
 
 // fapiEnv is the FAPI gateway with the client's keys.

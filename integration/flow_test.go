@@ -62,6 +62,10 @@ type FlowConfig struct {
 	RequestObjectKey        *FlowKey        `json:"requestObjectKey,omitempty"`
 	RequestObjectEncryption *FlowEncryption `json:"requestObjectEncryption,omitempty"`
 	DPoP                    *FlowDPoP       `json:"dpop,omitempty"`
+	// Token endpoint refusals (issue 10): another code_verifier than the
+	// pushed challenge's; the code redeemed again after the tokens came.
+	WrongVerifier bool `json:"wrongVerifier,omitempty"`
+	ReplayCode    bool `json:"replayCode,omitempty"`
 }
 
 // FlowKey is a private JWK and the JWS algorithm to sign with.
@@ -204,7 +208,14 @@ type FlowResult struct {
 	} `json:"refresh"`
 	Reload       PageVisit `json:"reload"`
 	OtherContext PageVisit `json:"otherContext"`
-	SecondVisit  struct {
+	Replay       struct {
+		Attempted bool    `json:"attempted"`
+		OK        bool    `json:"ok"`
+		Error     any     `json:"error"`
+		ErrorCode *string `json:"errorCode"`
+		Status    *int    `json:"status"`
+	} `json:"replay"`
+	SecondVisit struct {
 		Attempted     bool          `json:"attempted"`
 		AfterMs       int           `json:"afterMs"`
 		Result        string        `json:"result"`

@@ -361,6 +361,27 @@ func TestKeycloak(t *testing.T) {
 		})
 	})
 
+	// Issue 10: the token endpoint behind the gateway, gateway PKCE and
+	// iss checks (Keycloak adds iss itself: verified, never doubled).
+	t.Run("fapi2_lift", func(t *testing.T) {
+		e.runFAPI2Lift(t, gwBin, fapiSetup{
+			secret:   kcBoot.fapiSecret,
+			redirect: fmt.Sprintf("http://127.0.0.1:%d/callback", fapiPort),
+			gw: harness.GatewayConfig{
+				Upstream:              upstream,
+				AuthorizationEndpoint: kcAuthzPath,
+				PAREndpoint:           kcPARPath,
+				ForwardMethod:         "post",
+			},
+			upstreamBindsDPoP: true,
+			checkTokens: func(t *testing.T, e *idpEnv, r *FlowResult) {
+				if jkt, _ := r.Tokens.AccessTokenCnf["jkt"].(string); jkt != r.DPoP.JKT {
+					t.Errorf("access token cnf.jkt = %v, want the DPoP key's thumbprint %s", r.Tokens.AccessTokenCnf, r.DPoP.JKT)
+				}
+			},
+		}, kcRealmPath+"/protocol/openid-connect/token")
+	})
+
 	// Last: replaces the gateway with two sharing a Redis store.
 	t.Run("redis_push_at_A_redeem_at_B", func(t *testing.T) { kcRedisTwoGateways(t, e, gwBin, gwCfg) })
 }

@@ -257,6 +257,11 @@ function loadConfig(file) {
     // jktParam: also send the key's thumbprint as the dpop_jkt authorization
     // request parameter (RFC 9449 §10); push: false leaves the proof off the
     // push (then dpop_jkt is the only binding).
+    // Negative scenarios at the token endpoint (issue 10): wrongVerifier
+    // sends another code_verifier than the one whose challenge was pushed;
+    // replayCode redeems the code a second time after the tokens came.
+    wrongVerifier: raw.wrongVerifier === true,
+    replayCode: raw.replayCode === true,
     dpop: raw.dpop
       ? {
         alg: raw.dpop.alg || 'ES256',
@@ -750,7 +755,7 @@ async function runFlow(cfg, R, S) {
   S.stage = 'token';
   t = Date.now();
   const tokens = await client.authorizationCodeGrant(tokenConfig, new URL(cb.href), {
-    pkceCodeVerifier: codeVerifier,
+    pkceCodeVerifier: cfg.wrongVerifier ? client.randomPKCECodeVerifier() : codeVerifier,
     expectedNonce: nonce,
     expectedState: state,
     idTokenExpected: true,
@@ -778,6 +783,26 @@ async function runFlow(cfg, R, S) {
     R.tokens.accessTokenCnf = decodeJwt(tokens.access_token)?.claims?.cnf ?? null;
   }
   log('tokens ok; sub', claims?.sub, 'scope', tokens.scope);
+
+  // --- the same code again --------------------------------------------------
+  if (cfg.replayCode) {
+    S.stage = 'replay';
+    R.replay = { attempted: true, ok: false, error: null, errorCode: null, status: null };
+    try {
+      await client.authorizationCodeGrant(tokenConfig, new URL(cb.href), {
+        pkceCodeVerifier: codeVerifier,
+        expectedNonce: nonce,
+        expectedState: state,
+        idTokenExpected: true,
+      }, undefined, dpopToken ? { DPoP: dpopToken } : undefined);
+      R.replay.ok = true;
+    } catch (e) {
+      R.replay.error = errMessage(e);
+      R.replay.errorCode = e?.error ?? null;
+      R.replay.status = e?.status ?? null;
+    }
+    log('replayed code:', R.replay.ok ? 'accepted' : R.replay.error);
+  }
 
   // --- refresh ---------------------------------------------------------------
   if (cfg.refresh) {
@@ -1109,6 +1134,7 @@ async function main() {
     audMatches: null,
     issMatches: null,
     refresh: { attempted: false },
+    replay: { attempted: false },
     secondVisit: { attempted: false },
     reload: { attempted: false },
     otherContext: { attempted: false },
