@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -342,5 +343,44 @@ func TestCaddyDelegatedAdaptsToJSON(t *testing.T) {
 	var gotMap map[string]any
 	if err := json.Unmarshal(got, &gotMap); err != nil || !reflect.DeepEqual(gotMap, want) {
 		t.Errorf("adapted upstream_client_auth = %s, want %v (%v)", got, want, err)
+	}
+}
+
+// At token_endpoint, a client authenticated by upstream_client_auth goes
+// upstream with the credentials it presented: the upstream knows it by
+// them, and the gateway has no upstream_secret for it.
+func TestCaddyDelegatedClientKeepsItsCredentialsAtTheTokenEndpoint(t *testing.T) {
+	te := ctStartTokenEndpoint(t, "keycloak")
+	up := tkUpstream(t, nil)
+	c := ctStart(t, up, "", ctBlock("token_endpoint /token", "upstream_client_auth "+te.url))
+	basic := tkBasic(ctUpOnlyID, ctUpOnlySecret)
+	for _, tc := range []struct {
+		name string
+		form url.Values
+		hdr  http.Header
+	}{
+		{"client_secret_basic", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"RT"}}, http.Header{"Authorization": {basic}}},
+		{"client_secret_post", url.Values{"grant_type": {"refresh_token"}, "refresh_token": {"RT"}, "client_id": {ctUpOnlyID}, "client_secret": {ctUpOnlySecret}}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if r := c.postForm(t, "/token", tc.form.Encode(), tc.hdr); r.Status != http.StatusOK {
+				t.Fatalf("%s", r)
+			}
+			form, h := tkForwarded(t, up)
+			if got := h.Get("Authorization"); got != tc.hdr.Get("Authorization") {
+				t.Errorf("forwarded Authorization %q, want %q", got, tc.hdr.Get("Authorization"))
+			}
+			for k, want := range tc.form {
+				if got := form[k]; !slices.Equal(got, want) {
+					t.Errorf("forwarded %s = %q, want %q", k, got, want)
+				}
+			}
+		})
+	}
+	// A wrong secret stops at the gateway.
+	before := up.count()
+	ctWantJSONError(t, c.postForm(t, "/token", "grant_type=refresh_token&refresh_token=RT", http.Header{"Authorization": {tkBasic(ctUpOnlyID, "wrong")}}), http.StatusUnauthorized, "invalid_client")
+	if up.count() != before {
+		t.Errorf("a token request with a wrong secret was forwarded")
 	}
 }

@@ -481,3 +481,26 @@ func TestCaddyMetricsRedisStoreUpAndDown(t *testing.T) {
 		{mtRedDur, []string{"outcome", "rejected"}, 1},
 	})
 }
+
+// Token requests behind the gateway have their own counter, by client and
+// outcome.
+func TestCaddyMetricsCountTokenRequests(t *testing.T) {
+	keys := saNewKeys(t)
+	up := tkUpstream(t, nil)
+	c := mtStart(t, up, tkBlock(t, keys, "rate_limit off"), "")
+	before := c.scrape(t)
+	refresh := "grant_type=refresh_token&refresh_token=RT"
+	for range 3 {
+		if r := c.postForm(t, "/token", refresh, http.Header{"Authorization": {tkBasic(tkPlainApp, "plain-secret")}}); r.Status != http.StatusOK {
+			t.Fatalf("%s", r)
+		}
+	}
+	ctWantJSONError(t, c.postForm(t, "/token", refresh, http.Header{"Authorization": {tkBasic(tkPlainApp, "wrong")}}), http.StatusUnauthorized, "invalid_client")
+	ctWantJSONError(t, c.postForm(t, "/token", refresh, http.Header{"Authorization": {tkBasic("nobody", "x")}}), http.StatusUnauthorized, "invalid_client")
+	after := c.scrape(t)
+	mtCheckDeltas(t, before, after, []mtWant{
+		{"caddy_oauth_par_token_requests_total", []string{"client_id", tkPlainApp, "outcome", "forwarded", "error", ""}, 3},
+		{"caddy_oauth_par_token_requests_total", []string{"client_id", tkPlainApp, "outcome", "rejected", "error", "invalid_client"}, 1},
+		{"caddy_oauth_par_token_requests_total", []string{"client_id", "unknown", "outcome", "rejected", "error", "invalid_client"}, 1},
+	})
+}

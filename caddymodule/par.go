@@ -124,7 +124,7 @@ func (g *gateway) pushAuth(r *http.Request, next nextHandler, authMethod *string
 		if oerr.Code == ErrInvalidClient {
 			g.limits.authFailed(src)
 		}
-		return logID(form.Get("client_id")), nil, oerr
+		return attemptedClientID(r, form), nil, oerr
 	}
 	// RFC 9126 §2.1: request_uri MUST NOT be provided in a push.
 	if form.Has("request_uri") {
@@ -520,6 +520,16 @@ func validatePKCE(c *client, challenge, method string) *oauthError {
 
 // logID bounds an unauthenticated, caller-chosen client_id before it is
 // logged.
+// attemptedClientID is the client_id a request that failed client
+// authentication claimed (the form's, or HTTP Basic's), for the log and
+// the audit trail.
+func attemptedClientID(r *http.Request, form url.Values) string {
+	if cred, oerr := presented(r, form); oerr == nil && cred.clientID != "" {
+		return logID(cred.clientID)
+	}
+	return logID(form.Get("client_id"))
+}
+
 func logID(id string) string {
 	if len(id) > 64 {
 		return id[:64] + "…"

@@ -57,7 +57,7 @@ func (g *gateway) tokenRequest(r *http.Request, next nextHandler, method *string
 	c, m, oerr := g.auth.authenticate(r, form, aud)
 	*method = m
 	if oerr != nil {
-		return nil, logID(form.Get("client_id")), oerr
+		return nil, attemptedClientID(r, form), oerr
 	}
 	// With HTTP Basic the body's client_id is optional, but it must not
 	// name another client (RFC 6749 §3.2.1).
