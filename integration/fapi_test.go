@@ -67,6 +67,26 @@ func fapiGatewayLines(issuer, jwksPath string) []string {
 	}
 }
 
+// newFAPIEnv generates fapi-app's keys (ES256 for its assertions, PS256
+// for its request objects, kids prefixed with kid) and writes their public
+// JWK Set into dir for the gateway's jwks_file.
+func (e *idpEnv) newFAPIEnv(t *testing.T, s fapiSetup, dir, kid string) (*fapiEnv, string) {
+	t.Helper()
+	f := &fapiEnv{idpEnv: e, s: s, jwksPath: s.gw.PAREndpoint + "/jwks"}
+	var err error
+	if f.assertKey, err = jws.New("ES256", kid+"-es256"); err != nil {
+		t.Fatal(err)
+	}
+	if f.requestKey, err = jws.New("PS256", kid+"-ps256"); err != nil {
+		t.Fatal(err)
+	}
+	jwksFile := filepath.Join(dir, "fapi-app.jwks.json")
+	if err := os.WriteFile(jwksFile, jws.PublicJWKS(f.assertKey, f.requestKey), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f, jwksFile
+}
+
 // runFAPI2 replaces the plain gateway by one with `profile fapi2` on the
 // same port and runs the FAPI 2.0-shaped flows: openid-client pushes with
 // private_key_jwt, a signed (then also an encrypted) request object, DPoP
@@ -74,18 +94,7 @@ func fapiGatewayLines(issuer, jwksPath string) []string {
 // token endpoint with the secret the upstream knows.
 func (e *idpEnv) runFAPI2(t *testing.T, gwBin string, s fapiSetup) {
 	dir := e.subtestDir(t)
-	f := &fapiEnv{idpEnv: e, s: s, jwksPath: s.gw.PAREndpoint + "/jwks"}
-	var err error
-	if f.assertKey, err = jws.New("ES256", "fapi-es256"); err != nil {
-		t.Fatal(err)
-	}
-	if f.requestKey, err = jws.New("PS256", "fapi-ps256"); err != nil {
-		t.Fatal(err)
-	}
-	jwksFile := filepath.Join(dir, "fapi-app.jwks.json")
-	if err := os.WriteFile(jwksFile, jws.PublicJWKS(f.assertKey, f.requestKey), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	f, jwksFile := e.newFAPIEnv(t, s, dir, "fapi")
 	cfg := s.gw
 	cfg.Port = e.gw.Config.Port
 	cfg.LogPath = filepath.Join(dir, "gateway.log")

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/caddy-par/caddy-par/integration/internal/harness"
-	"github.com/caddy-par/caddy-par/integration/internal/jws"
 )
 
 // liftMixUpIssuer is the iss the hop puts into authorization responses in
@@ -30,18 +29,7 @@ const liftMixUpIssuer = "https://mix-up.example.test/realms/other"
 // token endpoint, and plays a mixed-up IdP for the iss check.
 func (e *idpEnv) runFAPI2Lift(t *testing.T, gwBin string, s fapiSetup, tokenPath string) {
 	dir := e.subtestDir(t)
-	f := &fapiEnv{idpEnv: e, s: s, jwksPath: s.gw.PAREndpoint + "/jwks"}
-	var err error
-	if f.assertKey, err = jws.New("ES256", "lift-es256"); err != nil {
-		t.Fatal(err)
-	}
-	if f.requestKey, err = jws.New("PS256", "lift-ps256"); err != nil {
-		t.Fatal(err)
-	}
-	jwksFile := filepath.Join(dir, "fapi-app.jwks.json")
-	if err := os.WriteFile(jwksFile, jws.PublicJWKS(f.assertKey, f.requestKey), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	f, jwksFile := e.newFAPIEnv(t, s, dir, "lift")
 	hop, err := harness.StartHop(s.gw.Upstream, tokenPath)
 	if err != nil {
 		t.Fatal(err)
