@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"hash/maphash"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -83,15 +84,24 @@ func (m *MemoryStore) Cleanup() error {
 // Store returns the store for the handler.
 func (m *MemoryStore) Store() Store { return m.cache }
 
-// memoryEntry is the cached value. The full key is kept because ristretto
-// stores only hashes of keys.
+// memoryEntry is the cached value. It is laid out for the garbage
+// collector, which marks every held entry in each cycle: one pointer, to a
+// single allocation without pointers that holds the full key (ristretto
+// stores only hashes of keys), the client ID and the params. The expiry is a
+// number, not a time.Time (which carries a *Location).
 type memoryEntry struct {
-	key      string
-	req      PushedRequest
+	data     string // key, then ClientID, then Params
+	klen     uint32
+	clen     uint32
+	exp      int64 // ExpiresAt as nanoseconds since memoryCache.epoch
 	cost     int64
 	consumed atomic.Bool // set by the one Take that wins
 	released atomic.Bool // budget returned exactly once
 }
+
+func (e *memoryEntry) key() string      { return e.data[:e.klen] }
+func (e *memoryEntry) clientID() string { return e.data[e.klen : e.klen+e.clen] }
+func (e *memoryEntry) params() string   { return e.data[e.klen+e.clen:] }
 
 // memoryCache is the Store over ristretto. ristretto may drop a Set under
 // contention and may evict live entries when full; both would turn a 201 into
@@ -103,6 +113,7 @@ type memoryCache struct {
 	budget int64
 	used   atomic.Int64
 	now    func() time.Time
+	epoch  time.Time // origin of memoryEntry.exp, with a monotonic reading
 
 	// claims are the single-use keys (jti) recorded by Claim. They share
 	// the byte budget with pushed requests, so an attacker who can mint
@@ -130,10 +141,10 @@ type claimShard struct {
 // struct, ristretto's per-item bookkeeping (store item, policy and expiry map
 // entries) and allocator rounding. BenchmarkMemoryStoreHeapPerEntry checks it
 // against the measured heap, so that max_size bounds the live heap.
-const entryOverhead = int64(unsafe.Sizeof(memoryEntry{})) + 250
+const entryOverhead = int64(unsafe.Sizeof(memoryEntry{})) + 190
 
 func newMemoryCache(budget int64) (*memoryCache, error) {
-	m := &memoryCache{budget: budget, now: time.Now, claimSeed: maphash.MakeSeed(), stop: make(chan struct{})}
+	m := &memoryCache{budget: budget, now: time.Now, epoch: time.Now(), claimSeed: maphash.MakeSeed(), stop: make(chan struct{})}
 	for i := range m.claims {
 		m.claims[i].m = map[string]int64{}
 	}
@@ -170,8 +181,16 @@ func (m *memoryCache) Put(_ context.Context, key string, req PushedRequest) erro
 	if ttl <= 0 {
 		return fmt.Errorf("%w: entry already expired", ErrStoreUnavailable)
 	}
-	e := &memoryEntry{key: key, req: req}
-	e.cost = int64(len(key)+len(req.ClientID)+len(req.Params)) + entryOverhead
+	if len(key) > math.MaxUint32 || len(req.ClientID) > math.MaxUint32 {
+		return fmt.Errorf("%w: key too long", ErrStoreUnavailable)
+	}
+	e := &memoryEntry{
+		data: key + req.ClientID + req.Params,
+		klen: uint32(len(key)),
+		clen: uint32(len(req.ClientID)),
+		exp:  int64(req.ExpiresAt.Sub(m.epoch)),
+	}
+	e.cost = int64(len(e.data)) + entryOverhead
 	if m.used.Add(e.cost) > m.budget {
 		m.used.Add(-e.cost)
 		return fmt.Errorf("%w: memory store is full", ErrStoreUnavailable)
@@ -189,18 +208,27 @@ func (m *memoryCache) Put(_ context.Context, key string, req PushedRequest) erro
 	return nil
 }
 
+// expired reports whether e's ExpiresAt has passed (RFC 9126 §4: an expired
+// request_uri MUST be rejected; the cache's TTL is only approximate).
+func (m *memoryCache) expired(e *memoryEntry) bool {
+	return m.now().Sub(m.epoch) >= time.Duration(e.exp)
+}
+
+// request rebuilds the stored request from e.
+func (m *memoryCache) request(e *memoryEntry) PushedRequest {
+	return PushedRequest{ClientID: e.clientID(), Params: e.params(), ExpiresAt: m.epoch.Add(time.Duration(e.exp))}
+}
+
 func (m *memoryCache) Take(_ context.Context, key, clientID string) (PushedRequest, error) {
 	e, ok := m.c.Get(key)
-	if !ok || e == nil || subtle.ConstantTimeCompare([]byte(e.key), []byte(key)) != 1 {
+	if !ok || e == nil || subtle.ConstantTimeCompare([]byte(e.key()), []byte(key)) != 1 {
 		return PushedRequest{}, ErrNotFound
 	}
-	// RFC 9126 §4: an expired request_uri MUST be rejected; the cache's TTL
-	// is only approximate, the stored absolute time is authoritative.
-	if !m.now().Before(e.req.ExpiresAt) {
+	if m.expired(e) {
 		m.c.Del(key)
 		return PushedRequest{}, ErrExpired
 	}
-	if e.req.ClientID != clientID {
+	if e.clientID() != clientID {
 		return PushedRequest{}, ErrClientMismatch
 	}
 	// ristretto has no atomic get-and-delete: the flag decides the winner.
@@ -208,7 +236,7 @@ func (m *memoryCache) Take(_ context.Context, key, clientID string) (PushedReque
 		return PushedRequest{}, ErrNotFound
 	}
 	m.c.Del(key)
-	return e.req, nil
+	return m.request(e), nil
 }
 
 // Claim records key until expiresAt; see Store.
