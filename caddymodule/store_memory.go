@@ -97,6 +97,7 @@ type memoryEntry struct {
 	cost     int64
 	consumed atomic.Bool // set by the one Take that wins
 	released atomic.Bool // budget returned exactly once
+	spilled  atomic.Bool // refused by ristretto's admission, held in memoryCache.spill
 }
 
 func (e *memoryEntry) key() string      { return e.data[:e.klen] }
@@ -104,16 +105,29 @@ func (e *memoryEntry) clientID() string { return e.data[e.klen : e.klen+e.clen] 
 func (e *memoryEntry) params() string   { return e.data[e.klen+e.clen:] }
 
 // memoryCache is the Store over ristretto. ristretto may drop a Set under
-// contention and may evict live entries when full; both would turn a 201 into
-// a dead request_uri. So the cache keeps its own byte reservation, refuses
-// pushes beyond the budget, gives ristretto headroom above that budget so its
-// policy never has to evict, and confirms each write before reporting it.
+// contention and, when its own cost limit is reached, may evict live entries
+// or refuse new ones; either would turn a 201 into a dead request_uri. So the
+// cache keeps its own byte reservation and refuses pushes beyond the budget,
+// and it sets ristretto's MaxCost so high that ristretto's policy never runs
+// out of room. Then the only way ristretto can refuse an admitted write is a
+// collision of the 64-bit key hash with an entry it still tracks; such an
+// entry is kept in spill instead (see Put and lookup).
 type memoryCache struct {
 	c      *ristretto.Cache[string, *memoryEntry]
 	budget int64
 	used   atomic.Int64
 	now    func() time.Time
 	epoch  time.Time // origin of memoryEntry.exp, with a monotonic reading
+
+	// spill holds the entries that ristretto's admission refused (a key
+	// hash collision, about n/2^64 per push with n entries held): they stay
+	// retrievable until taken or expired. spills counts them.
+	spillMu sync.Mutex
+	spill   map[string]*memoryEntry
+	spills  atomic.Int64
+	// lateReads counts lookups that missed and waited for ristretto's
+	// buffer (a write not applied yet, or an unknown or used key).
+	lateReads atomic.Int64
 
 	// claims are the single-use keys (jti) recorded by Claim. They share
 	// the byte budget with pushed requests, so an attacker who can mint
@@ -143,21 +157,32 @@ type claimShard struct {
 // against the measured heap, so that max_size bounds the live heap.
 const entryOverhead = int64(unsafe.Sizeof(memoryEntry{})) + 190
 
+// ristrettoMaxCost is ristretto's own cost limit: beyond reach (costs are
+// bytes held in memory), so that its policy never evicts and never refuses
+// for lack of room. The byte budget is enforced by memoryCache.used.
+const ristrettoMaxCost = math.MaxInt64
+
 func newMemoryCache(budget int64) (*memoryCache, error) {
-	m := &memoryCache{budget: budget, now: time.Now, epoch: time.Now(), claimSeed: maphash.MakeSeed(), stop: make(chan struct{})}
+	return newMemoryCacheHash(budget, nil)
+}
+
+// newMemoryCacheHash is newMemoryCache with ristretto's key hash replaced
+// (nil: ristretto's own), for tests that need hash collisions.
+func newMemoryCacheHash(budget int64, keyToHash func(string) (uint64, uint64)) (*memoryCache, error) {
+	m := &memoryCache{budget: budget, now: time.Now, epoch: time.Now(), spill: map[string]*memoryEntry{}, claimSeed: maphash.MakeSeed(), stop: make(chan struct{})}
 	for i := range m.claims {
 		m.claims[i].m = map[string]int64{}
 	}
 	c, err := ristretto.NewCache(&ristretto.Config[string, *memoryEntry]{
 		// The admission counters only matter when ristretto is full, which
-		// our own budget prevents; keep them small and bounded, as they are
-		// memory outside the budget.
-		NumCounters: min(max(1024, budget/1024), 1<<20),
-		// Headroom over our own budget: deletes reach ristretto's policy
-		// asynchronously, so its view can briefly lag ours.
-		MaxCost:            budget + budget/4,
+		// never happens; keep them small and bounded, as they are memory
+		// outside the budget.
+		NumCounters:        min(max(1024, budget/1024), 1<<20),
+		MaxCost:            ristrettoMaxCost,
 		BufferItems:        64,
 		IgnoreInternalCost: true,
+		KeyToHash:          keyToHash,
+		OnReject:           m.keep,
 		OnExit:             m.release,
 	})
 	if err != nil {
@@ -169,13 +194,61 @@ func newMemoryCache(budget int64) (*memoryCache, error) {
 }
 
 // release returns an entry's bytes to the budget when it leaves the cache
-// (taken, expired, or refused by ristretto).
+// (taken or expired). An entry refused by ristretto is not leaving: keep has
+// moved it to spill, and unspill releases it.
 func (m *memoryCache) release(e *memoryEntry) {
-	if e != nil && e.released.CompareAndSwap(false, true) {
+	if e != nil && !e.spilled.Load() && e.released.CompareAndSwap(false, true) {
 		m.used.Add(-e.cost)
 	}
 }
 
+// keep is ristretto's OnReject. It runs on ristretto's processing goroutine,
+// before that goroutine handles anything enqueued after the refused write
+// (such as the item of a later Wait), and before ristretto calls OnExit for
+// the entry.
+func (m *memoryCache) keep(item *ristretto.Item[*memoryEntry]) {
+	e := item.Value
+	if e == nil || e.released.Load() {
+		return
+	}
+	m.spillMu.Lock()
+	e.spilled.Store(true)
+	m.spill[e.key()] = e
+	m.spillMu.Unlock()
+	m.spills.Add(1)
+}
+
+// unspill drops a spilled entry and returns its bytes to the budget.
+func (m *memoryCache) unspill(e *memoryEntry) {
+	m.spillMu.Lock()
+	if m.spill[e.key()] == e {
+		delete(m.spill, e.key())
+	}
+	m.spillMu.Unlock()
+	if e.released.CompareAndSwap(false, true) {
+		m.used.Add(-e.cost)
+	}
+}
+
+// Put stores the entry without waiting for ristretto to apply the write
+// (ristretto applies writes on one goroutine, and a Wait per push made every
+// push queue behind it). The write is retrievable from the moment Put
+// returns, because:
+//
+//   - SetWithTTL either enqueues the write in ristretto's buffer or reports
+//     that it dropped it (buffer full). On a drop, Put waits for the buffer
+//     to drain once and retries, then refuses.
+//   - ristretto's processing goroutine admits an enqueued write unless its
+//     64-bit key hash is one the policy still tracks: with MaxCost out of
+//     reach there is never a lack of room, so no refusal for cost and no
+//     eviction of live entries. A refused entry goes to spill (keep), on
+//     that goroutine, before it moves on.
+//   - An admitted entry leaves ristretto only by Del (Take) or when
+//     ristretto's TTL, which ends no earlier than ExpiresAt, has passed.
+//   - A Take for the key cannot start before the client has the 201, sent
+//     after Put returned; if the write is still in the buffer, Take's Get
+//     misses, and lookup's Wait, enqueued behind the write, returns only
+//     once the entry is in the cache or in spill.
 func (m *memoryCache) Put(_ context.Context, key string, req PushedRequest) error {
 	ttl := req.ExpiresAt.Sub(m.now())
 	if ttl <= 0 {
@@ -196,16 +269,42 @@ func (m *memoryCache) Put(_ context.Context, key string, req PushedRequest) erro
 		return fmt.Errorf("%w: memory store is full", ErrStoreUnavailable)
 	}
 	if !m.c.SetWithTTL(key, e, e.cost, ttl) {
-		m.release(e)
-		return fmt.Errorf("%w: write dropped under contention", ErrStoreUnavailable)
-	}
-	// A Set is applied asynchronously; wait for it and check it stuck.
-	m.c.Wait()
-	if got, ok := m.c.Get(key); !ok || got != e {
-		m.release(e)
-		return fmt.Errorf("%w: write not admitted", ErrStoreUnavailable)
+		// The buffer was full: let ristretto catch up rather than refuse a
+		// burst.
+		m.c.Wait()
+		if !m.c.SetWithTTL(key, e, e.cost, ttl) {
+			m.release(e)
+			return fmt.Errorf("%w: write dropped under contention", ErrStoreUnavailable)
+		}
 	}
 	return nil
+}
+
+// lookup returns the entry for key, or nil. A miss may be a write that Put
+// enqueued and ristretto has not applied yet: one Wait, which covers every
+// write enqueued before it, settles it (see Put).
+func (m *memoryCache) lookup(key string) *memoryEntry {
+	if e, ok := m.c.Get(key); ok && e != nil {
+		return e
+	}
+	m.lateReads.Add(1)
+	m.c.Wait()
+	if e, ok := m.c.Get(key); ok && e != nil {
+		return e
+	}
+	m.spillMu.Lock()
+	e := m.spill[key]
+	m.spillMu.Unlock()
+	return e
+}
+
+// remove deletes a taken or expired entry.
+func (m *memoryCache) remove(e *memoryEntry) {
+	if e.spilled.Load() {
+		m.unspill(e)
+		return
+	}
+	m.c.Del(e.key())
 }
 
 // expired reports whether e's ExpiresAt has passed (RFC 9126 §4: an expired
@@ -220,12 +319,12 @@ func (m *memoryCache) request(e *memoryEntry) PushedRequest {
 }
 
 func (m *memoryCache) Take(_ context.Context, key, clientID string) (PushedRequest, error) {
-	e, ok := m.c.Get(key)
-	if !ok || e == nil || subtle.ConstantTimeCompare([]byte(e.key()), []byte(key)) != 1 {
+	e := m.lookup(key)
+	if e == nil || subtle.ConstantTimeCompare([]byte(e.key()), []byte(key)) != 1 {
 		return PushedRequest{}, ErrNotFound
 	}
 	if m.expired(e) {
-		m.c.Del(key)
+		m.remove(e)
 		return PushedRequest{}, ErrExpired
 	}
 	if e.clientID() != clientID {
@@ -235,7 +334,7 @@ func (m *memoryCache) Take(_ context.Context, key, clientID string) (PushedReque
 	if !e.consumed.CompareAndSwap(false, true) {
 		return PushedRequest{}, ErrNotFound
 	}
-	m.c.Del(key)
+	m.remove(e)
 	return m.request(e), nil
 }
 
@@ -287,7 +386,8 @@ func (m *memoryCache) sweepShard(sh *claimShard, now int64) int64 {
 	return freed
 }
 
-// sweepClaims periodically returns expired claims' bytes to the budget.
+// sweepClaims periodically returns the bytes of expired claims (and of
+// spilled entries) to the budget.
 func (m *memoryCache) sweepClaims() {
 	t := time.NewTicker(claimSweep)
 	defer t.Stop()
@@ -303,7 +403,23 @@ func (m *memoryCache) sweepClaims() {
 				m.sweepShard(sh, now)
 				sh.mu.Unlock()
 			}
+			m.sweepSpill()
 		}
+	}
+}
+
+// sweepSpill drops the spilled entries that were taken or have expired.
+func (m *memoryCache) sweepSpill() {
+	m.spillMu.Lock()
+	var done []*memoryEntry
+	for _, e := range m.spill {
+		if e.consumed.Load() || m.expired(e) {
+			done = append(done, e)
+		}
+	}
+	m.spillMu.Unlock()
+	for _, e := range done {
+		m.unspill(e)
 	}
 }
 
