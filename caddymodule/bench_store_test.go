@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/subtle"
 	"fmt"
+	"hash/maphash"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"runtime"
 	"runtime/metrics"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -133,15 +135,27 @@ var storeKinds = []struct {
 // with RunParallel (so with b.SetParallelism(p), p×GOMAXPROCS goroutines),
 // and reports per-op time and allocations of both, and the time ratio.
 func pairParallel(b *testing.B, rounds int, legacy, current func(pb *testing.PB)) {
-	var t [2]time.Duration
-	var allocs, bytes [2]uint64
+	compareParallel(b, rounds, []namedOp{{"legacy", legacy}, {"current", current}})
+}
+
+type namedOp struct {
+	name string
+	op   func(pb *testing.PB)
+}
+
+// compareParallel is pairParallel for any number of variants, each
+// compared with the first.
+func compareParallel(b *testing.B, rounds int, ops []namedOp) {
+	t := make([]time.Duration, len(ops))
+	allocs := make([]uint64, len(ops))
+	bytes := make([]uint64, len(ops))
 	var ms runtime.MemStats
 	for range rounds {
-		for k, f := range []func(pb *testing.PB){legacy, current} {
+		for k, o := range ops {
 			runtime.ReadMemStats(&ms)
 			m0, b0 := ms.Mallocs, ms.TotalAlloc
 			t0 := time.Now()
-			b.RunParallel(f)
+			b.RunParallel(o.op)
 			t[k] += time.Since(t0)
 			runtime.ReadMemStats(&ms)
 			allocs[k] += ms.Mallocs - m0
@@ -149,12 +163,14 @@ func pairParallel(b *testing.B, rounds int, legacy, current func(pb *testing.PB)
 		}
 	}
 	n := float64(b.N * rounds)
-	for k, name := range []string{"legacy", "current"} {
-		b.ReportMetric(float64(t[k].Nanoseconds())/n, name+"-ns/op")
-		b.ReportMetric(float64(allocs[k])/n, name+"-allocs/op")
-		b.ReportMetric(float64(bytes[k])/n, name+"-B/op")
+	for k, o := range ops {
+		b.ReportMetric(float64(t[k].Nanoseconds())/n, o.name+"-ns/op")
+		b.ReportMetric(float64(allocs[k])/n, o.name+"-allocs/op")
+		b.ReportMetric(float64(bytes[k])/n, o.name+"-B/op")
+		if k > 0 {
+			b.ReportMetric(float64(t[k])/float64(t[0]), o.name+"/"+ops[0].name)
+		}
 	}
-	b.ReportMetric(float64(t[1])/float64(t[0]), "current/legacy")
 	b.ReportMetric(0, "ns/op")
 }
 
@@ -317,6 +333,118 @@ func BenchmarkRedeemStores(b *testing.B) {
 					b.Fatal(err, w.Code)
 				}
 			}
+		})
+	}
+}
+
+// The alternatives to a Wait per push that issue 9 weighed, as benchmark
+// variants of legacyCache.Put (not used by the store): (a) shards, K
+// ristretto instances each with its own processing goroutine, so that a Wait
+// covers one shard; (b) group commit, where concurrent Puts share one Wait.
+
+// shardedLegacy is (a): legacyCache.Put on one of k caches, by key hash.
+type shardedLegacy struct {
+	shards []*legacyCache
+	seed   maphash.Seed
+}
+
+func newShardedLegacy(tb testing.TB, k int, budget int64) *shardedLegacy {
+	s := &shardedLegacy{seed: maphash.MakeSeed()}
+	for range k {
+		s.shards = append(s.shards, newLegacyCache(tb, budget/int64(k)))
+	}
+	return s
+}
+
+func (s *shardedLegacy) Put(ctx context.Context, key string, req PushedRequest) error {
+	return s.shards[maphash.String(s.seed, key)%uint64(len(s.shards))].Put(ctx, key, req)
+}
+
+// groupLegacy is (b): legacyCache.Put whose Wait is shared. A Put counts its
+// write after SetWithTTL has enqueued it; a leader reads the count, Waits,
+// and so confirms every write counted before it read. A Wait enqueued before
+// a write does not cover it, so a Put whose write was counted after the
+// leader's read waits for the next round.
+type groupLegacy struct {
+	*legacyCache
+	enq       atomic.Uint64
+	mu        sync.Mutex
+	confirmed uint64
+	leading   bool
+	round     chan struct{}
+}
+
+func newGroupLegacy(tb testing.TB, budget int64) *groupLegacy {
+	return &groupLegacy{legacyCache: newLegacyCache(tb, budget), round: make(chan struct{})}
+}
+
+func (g *groupLegacy) wait(seq uint64) {
+	g.mu.Lock()
+	for g.confirmed < seq {
+		round := g.round
+		if g.leading {
+			g.mu.Unlock()
+			<-round
+			g.mu.Lock()
+			continue
+		}
+		g.leading = true
+		target := g.enq.Load()
+		g.mu.Unlock()
+		g.c.Wait()
+		g.mu.Lock()
+		g.confirmed = max(g.confirmed, target)
+		g.leading = false
+		close(round)
+		g.round = make(chan struct{})
+	}
+	g.mu.Unlock()
+}
+
+func (g *groupLegacy) Put(_ context.Context, key string, req PushedRequest) error {
+	ttl := time.Until(req.ExpiresAt)
+	e := &legacyEntry{key: key, req: req}
+	e.cost = int64(len(key)+len(req.ClientID)+len(req.Params)) + int64(96+250)
+	if g.used.Add(e.cost) > g.budget {
+		g.used.Add(-e.cost)
+		return ErrStoreUnavailable
+	}
+	if !g.c.SetWithTTL(key, e, e.cost, ttl) {
+		return ErrStoreUnavailable
+	}
+	g.wait(g.enq.Add(1))
+	if got, ok := g.c.Get(key); !ok || got != e {
+		return ErrStoreUnavailable
+	}
+	return nil
+}
+
+// BenchmarkMemoryStorePutAlternatives: concurrent pushes with each way of
+// confirming a write, in alternation, compared with legacy (a Wait each).
+func BenchmarkMemoryStorePutAlternatives(b *testing.B) {
+	req := PushedRequest{ClientID: "web-app", Params: validPush().Encode(), ExpiresAt: time.Now().Add(time.Hour)}
+	for _, par := range []int{1, 16} {
+		b.Run(fmt.Sprintf("goroutines=%dxGOMAXPROCS", par), func(b *testing.B) {
+			put := func(s interface {
+				Put(context.Context, string, PushedRequest) error
+			}) func(pb *testing.PB) {
+				return func(pb *testing.PB) {
+					for pb.Next() {
+						ref, _ := newRef()
+						if err := s.Put(b.Context(), "t/"+ref, req); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}
+			}
+			b.SetParallelism(par)
+			compareParallel(b, 3, []namedOp{
+				{"legacy", put(newLegacyCache(b, 1<<40))},
+				{"sharded4", put(newShardedLegacy(b, 4, 1<<40))},
+				{"groupcommit", put(newGroupLegacy(b, 1<<40))},
+				{"current", put(newTestCache(b, 1<<40))},
+			})
 		})
 	}
 }
