@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math"
+	"reflect"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -84,25 +85,83 @@ func (m *MemoryStore) Cleanup() error {
 // Store returns the store for the handler.
 func (m *MemoryStore) Store() Store { return m.cache }
 
-// memoryEntry is the cached value. It is laid out for the garbage
-// collector, which marks every held entry in each cycle: one pointer, to a
-// single allocation without pointers that holds the full key (ristretto
-// stores only hashes of keys), the client ID and the params. The expiry is a
-// number, not a time.Time (which carries a *Location).
+// memoryEntry is the cached value, laid out for the garbage collector, which
+// marks every held entry in each cycle: an entry is one allocation without
+// pointers, this header followed by the full key (ristretto stores only
+// hashes of keys), the client ID and the params (see newMemoryEntry). The
+// collector then only marks it, and never scans it. The header therefore
+// must not hold pointers (strings, slices, maps, time.Time, ...), which the
+// collector would not see: init checks it. The expiry is a number for that
+// reason.
 type memoryEntry struct {
-	data     string // key, then ClientID, then Params
-	klen     uint32
-	clen     uint32
 	exp      int64 // ExpiresAt as nanoseconds since memoryCache.epoch
 	cost     int64
+	klen     uint32
+	clen     uint32
+	plen     uint32
 	consumed atomic.Bool // set by the one Take that wins
 	released atomic.Bool // budget returned exactly once
 	spilled  atomic.Bool // refused by ristretto's admission, held in memoryCache.spill
 }
 
-func (e *memoryEntry) key() string      { return e.data[:e.klen] }
-func (e *memoryEntry) clientID() string { return e.data[e.klen : e.klen+e.clen] }
-func (e *memoryEntry) params() string   { return e.data[e.klen+e.clen:] }
+// entryHeader is where an entry's bytes start.
+const entryHeader = unsafe.Sizeof(memoryEntry{})
+
+func init() {
+	if f := pointerField(reflect.TypeFor[memoryEntry](), "memoryEntry"); f != "" {
+		panic("caddymodule: " + f + " holds a pointer, but memory store entries are allocated without pointers (see newMemoryEntry)")
+	}
+}
+
+// pointerField names a part of t that is or holds a pointer ("" if none).
+func pointerField(t reflect.Type, name string) string {
+	switch t.Kind() {
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if f := pointerField(t.Field(i).Type, name+"."+t.Field(i).Name); f != "" {
+				return f
+			}
+		}
+		return ""
+	case reflect.Array:
+		if t.Len() == 0 {
+			return ""
+		}
+		return pointerField(t.Elem(), name+"[]")
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
+		return ""
+	default: // pointers, strings, slices, maps, channels, funcs, interfaces, uintptr
+		return name
+	}
+}
+
+// newMemoryEntry allocates an entry and its bytes in one []byte, which the
+// allocator keeps without pointers and aligns for the header.
+func newMemoryEntry(key, clientID, params string) *memoryEntry {
+	buf := make([]byte, int(entryHeader)+len(key)+len(clientID)+len(params))
+	d := buf[entryHeader:]
+	copy(d, key)
+	copy(d[len(key):], clientID)
+	copy(d[len(key)+len(clientID):], params)
+	e := (*memoryEntry)(unsafe.Pointer(unsafe.SliceData(buf)))
+	e.klen, e.clen, e.plen = uint32(len(key)), uint32(len(clientID)), uint32(len(params))
+	return e
+}
+
+// bytes returns n of the entry's bytes from off (as a string: they are
+// never written after newMemoryEntry).
+func (e *memoryEntry) bytes(off, n uint32) string {
+	if n == 0 {
+		return ""
+	}
+	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(e), entryHeader+uintptr(off))), n)
+}
+
+func (e *memoryEntry) key() string      { return e.bytes(0, e.klen) }
+func (e *memoryEntry) clientID() string { return e.bytes(e.klen, e.clen) }
+func (e *memoryEntry) params() string   { return e.bytes(e.klen+e.clen, e.plen) }
 
 // memoryCache is the Store over ristretto. ristretto may drop a Set under
 // contention and, when its own cost limit is reached, may evict live entries
@@ -155,7 +214,7 @@ type claimShard struct {
 // struct, ristretto's per-item bookkeeping (store item, policy and expiry map
 // entries) and allocator rounding. BenchmarkMemoryStoreHeapPerEntry checks it
 // against the measured heap, so that max_size bounds the live heap.
-const entryOverhead = int64(unsafe.Sizeof(memoryEntry{})) + 190
+const entryOverhead = int64(entryHeader) + 150
 
 // ristrettoMaxCost is ristretto's own cost limit: beyond reach (costs are
 // bytes held in memory), so that its policy never evicts and never refuses
@@ -254,20 +313,17 @@ func (m *memoryCache) Put(_ context.Context, key string, req PushedRequest) erro
 	if ttl <= 0 {
 		return fmt.Errorf("%w: entry already expired", ErrStoreUnavailable)
 	}
-	if len(key) > math.MaxUint32 || len(req.ClientID) > math.MaxUint32 {
-		return fmt.Errorf("%w: key too long", ErrStoreUnavailable)
+	if uint64(len(key))+uint64(len(req.ClientID))+uint64(len(req.Params)) > math.MaxUint32 {
+		return fmt.Errorf("%w: entry too large", ErrStoreUnavailable)
 	}
-	e := &memoryEntry{
-		data: key + req.ClientID + req.Params,
-		klen: uint32(len(key)),
-		clen: uint32(len(req.ClientID)),
-		exp:  int64(req.ExpiresAt.Sub(m.epoch)),
-	}
-	e.cost = int64(len(e.data)) + entryOverhead
-	if m.used.Add(e.cost) > m.budget {
-		m.used.Add(-e.cost)
+	cost := int64(len(key)+len(req.ClientID)+len(req.Params)) + entryOverhead
+	if m.used.Add(cost) > m.budget {
+		m.used.Add(-cost)
 		return fmt.Errorf("%w: memory store is full", ErrStoreUnavailable)
 	}
+	e := newMemoryEntry(key, req.ClientID, req.Params)
+	e.exp = int64(req.ExpiresAt.Sub(m.epoch))
+	e.cost = cost
 	if !m.c.SetWithTTL(key, e, e.cost, ttl) {
 		// The buffer was full: let ristretto catch up rather than refuse a
 		// burst.

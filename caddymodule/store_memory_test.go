@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -334,5 +335,27 @@ func TestMemoryStoreSpilledEntriesExpire(t *testing.T) {
 	c.sweepSpill()
 	if len(c.spill) != 0 {
 		t.Fatalf("sweep left %d expired entries in spill", len(c.spill))
+	}
+}
+
+// The memory store allocates entries without pointers: the check that
+// guards memoryEntry finds pointers where they hide.
+func TestMemoryEntryPointerCheck(t *testing.T) {
+	if f := pointerField(reflect.TypeFor[memoryEntry](), "memoryEntry"); f != "" {
+		t.Fatalf("memoryEntry holds a pointer: %s", f)
+	}
+	type withTime struct {
+		n  int64
+		at [2]time.Time
+	}
+	if f := pointerField(reflect.TypeFor[withTime](), "withTime"); f != "withTime.at[].loc" {
+		t.Fatalf("pointerField(withTime) = %q", f)
+	}
+	if f := pointerField(reflect.TypeFor[struct{ s string }](), "x"); f != "x.s" {
+		t.Fatalf("pointerField(string field) = %q", f)
+	}
+	e := newMemoryEntry("key", "", "p=1")
+	if e.key() != "key" || e.clientID() != "" || e.params() != "p=1" {
+		t.Fatalf("entry bytes: %q %q %q", e.key(), e.clientID(), e.params())
 	}
 }
