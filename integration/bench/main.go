@@ -83,6 +83,7 @@ func run() int {
 	flag.DurationVar(&c.duration, "duration", 10*time.Second, "measured duration per scenario")
 	flag.DurationVar(&c.warmup, "warmup", 1*time.Second, "unrecorded warmup per scenario (same connections)")
 	flag.IntVar(&c.concurrency, "concurrency", 32, "concurrent workers (one keep-alive connection each)")
+	flag.StringVar(&parExtra, "par-extra", "", "extra oauth_par subdirectives for the memory-store scenarios, one per line (e.g. \"audit off\" or \"reuse_grace off\"), to measure what a feature costs")
 	flag.StringVar(&c.scenarios, "scenarios", "", "comma list of scenarios (default: all throughput scenarios; with -memory also the memory ones). Known: "+strings.Join(append(append([]string{}, throughputScenarios...), memoryScenarios...), ","))
 	flag.StringVar(&c.caddy, "caddy", "", "prebuilt caddy binary with oauth_par (default: go build ../cmd/caddy into the shared cache dir, ${CADDY_PAR_CACHE:-~/.cache/caddy-par}/caddy-par)")
 	flag.StringVar(&c.node, "node", "node", "node binary for the oidc-provider peer")

@@ -85,6 +85,9 @@ func (e *env) report() string {
 	} else {
 		fmt.Fprintf(&b, "- pinning: none (servers, load generator and upstream share all CPUs)\n")
 	}
+	if parExtra != "" {
+		fmt.Fprintf(&b, "- oauth_par extra subdirectives (-par-extra): %q\n", parExtra)
+	}
 	fmt.Fprintf(&b, "- load average (1/5/15 min) at start: %s; at end: %s\n", e.loadStart, loadAvg())
 	fmt.Fprintf(&b, "- load: closed loop, %d workers, one keep-alive HTTP/1.1 connection each, %s unrecorded warmup + %s measured per scenario, loopback 127.0.0.1\n\n",
 		e.cfg.concurrency, e.cfg.warmup, e.cfg.duration)

@@ -89,6 +89,9 @@ const caddyGlobal = `{
 }
 `
 
+// parExtra is -par-extra: subdirectives added to parBlock.
+var parExtra string
+
 // parBlock is the oauth_par configuration every gateway scenario uses (the
 // contract of the module), with the given lifetime and store size. Rate
 // limits are off: one client on loopback pushes far beyond the defaults.
@@ -100,6 +103,7 @@ func parBlock(lifetime, storeSize string) string {
 		require_par
 		max_request_size 64KiB
 		rate_limit off
+		%s
 		client %s {
 			secret %s
 			redirect_uris %s
@@ -109,7 +113,7 @@ func parBlock(lifetime, storeSize string) string {
 			max_size %s
 		}
 	}
-`, lifetime, clientID, clientSecret, redirectURI, scopes, storeSize)
+`, lifetime, strings.ReplaceAll(parExtra, "\n", "\n\t\t"), clientID, clientSecret, redirectURI, scopes, storeSize)
 }
 
 // startCaddy writes a Caddyfile with one site on a free loopback port and
