@@ -294,22 +294,9 @@ func BenchmarkMemoryStoreGCMarkVsLegacy(b *testing.B) {
 // BenchmarkPARRequestStores is BenchmarkPARRequest over each store; the
 // pushes stay held, as in the bench's par-push.
 func BenchmarkPARRequestStores(b *testing.B) {
-	body := validPush().Encode()
-	auth := basicHeader("web-app", testSecret)
 	for _, kind := range storeKinds {
 		b.Run("store="+kind.name, func(b *testing.B) {
-			g := newTestGateway(b, func(g *gateway) { g.store = kind.new(b, 1<<32) })
-			b.ReportAllocs()
-			for b.Loop() {
-				r := httptest.NewRequest(http.MethodPost, "/par", strings.NewReader(body))
-				r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-				r.Header.Set("Authorization", auth)
-				w := httptest.NewRecorder()
-				g.servePAR(w, r, nil)
-				if w.Code != http.StatusCreated {
-					b.Fatal(w.Code, w.Body)
-				}
-			}
+			benchPushes(b, newTestGateway(b, func(g *gateway) { g.store = kind.new(b, 1<<32) }))
 		})
 	}
 }

@@ -93,7 +93,12 @@ func BenchmarkMemoryStorePutParallel(b *testing.B) {
 
 // BenchmarkPARRequest is a whole push through servePAR, without HTTP I/O.
 func BenchmarkPARRequest(b *testing.B) {
-	g := newTestGateway(b, func(g *gateway) { g.store = newTestCache(b, 1<<30) })
+	benchPushes(b, newTestGateway(b, func(g *gateway) { g.store = newTestCache(b, 1<<30) }))
+}
+
+// benchPushes runs client_secret_basic pushes of validPush at g, each
+// answered 201; the pushes stay held.
+func benchPushes(b *testing.B, g *gateway) {
 	body := validPush().Encode()
 	auth := basicHeader("web-app", testSecret)
 	b.ReportAllocs()
