@@ -464,13 +464,12 @@ func validateScope(c *client, scope string) *oauthError {
 // validateAuthorizationDetails applies RFC 9396 §2: a JSON array of
 // objects, each with a string type, here also one the client may use.
 func validateAuthorizationDetails(c *client, raw string) *oauthError {
-	var details []map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(raw), &details); err != nil || len(details) == 0 {
+	types, ok := authorizationDetailTypes(raw)
+	if !ok || len(types) == 0 {
 		return badRequest(ErrInvalidAuthorizationDetails, "authorization_details must be a non-empty JSON array of objects")
 	}
-	for i, d := range details {
-		var typ string
-		if d == nil || json.Unmarshal(d["type"], &typ) != nil || typ == "" {
+	for i, typ := range types {
+		if typ == "" {
 			return badRequest(ErrInvalidAuthorizationDetails, "authorization_details["+strconv.Itoa(i)+"] has no type")
 		}
 		if c.authorizationDetailsTypes != nil && !c.authorizationDetailsTypes[typ] {
@@ -478,6 +477,128 @@ func validateAuthorizationDetails(c *client, raw string) *oauthError {
 		}
 	}
 	return nil
+}
+
+// authorizationDetailTypes returns the type of each element of a JSON array
+// of objects ("" for an element without a string type, or with two type
+// members, which an upstream could read either way); ok is false when raw
+// is not valid UTF-8 JSON or not an array of objects. It walks the document
+// instead of decoding it: the other members (often kilobytes of payment
+// details) are skipped, not built into maps.
+func authorizationDetailTypes(raw string) (types []string, ok bool) {
+	// Not UTF-8: encoding/json would read replacement characters where an
+	// upstream might read something else (RFC 8259 §8.1).
+	if !utf8.ValidString(raw) || !json.Valid([]byte(raw)) {
+		return nil, false
+	}
+	// raw is valid JSON from here on: every token is well-formed.
+	i := skipSpace(raw, 0)
+	if raw[i] != '[' {
+		return nil, false
+	}
+	i = skipSpace(raw, i+1)
+	if raw[i] == ']' {
+		return nil, true
+	}
+	for {
+		if raw[i] != '{' {
+			return nil, false
+		}
+		typ, seen := "", 0
+		i = skipSpace(raw, i+1)
+		for raw[i] != '}' {
+			end := stringEnd(raw, i)
+			key := raw[i:end]
+			i = skipSpace(raw, end)
+			i = skipSpace(raw, i+1) // the ':'
+			vend := valueEnd(raw, i)
+			if jsonString(key) == "type" {
+				seen++
+				if raw[i] == '"' {
+					typ = jsonString(raw[i:vend])
+				} else {
+					typ = ""
+				}
+			}
+			i = skipSpace(raw, vend)
+			if raw[i] == ',' {
+				i = skipSpace(raw, i+1)
+			}
+		}
+		if seen != 1 {
+			typ = ""
+		}
+		types = append(types, typ)
+		i = skipSpace(raw, i+1)
+		if raw[i] == ']' {
+			return types, true
+		}
+		i = skipSpace(raw, i+1) // the ','
+	}
+}
+
+// skipSpace returns the index of the first non-whitespace byte from i.
+func skipSpace(s string, i int) int {
+	for i < len(s) && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index just past the JSON string starting at i.
+func stringEnd(s string, i int) int {
+	for j := i + 1; j < len(s); j++ {
+		switch s[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1
+		}
+	}
+	return len(s)
+}
+
+// valueEnd returns the index just past the JSON value starting at i.
+func valueEnd(s string, i int) int {
+	switch s[i] {
+	case '"':
+		return stringEnd(s, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(s); j++ {
+			switch s[j] {
+			case '"':
+				j = stringEnd(s, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(s)
+	default: // number, true, false, null
+		j := i
+		for j < len(s) && s[j] != ',' && s[j] != '}' && s[j] != ']' && s[j] != ' ' && s[j] != '\t' && s[j] != '\n' && s[j] != '\r' {
+			j++
+		}
+		return j
+	}
+}
+
+// jsonString decodes a JSON string token; escapes are rare, so only then
+// does it go through encoding/json.
+func jsonString(tok string) string {
+	if !strings.Contains(tok, "\\") {
+		return tok[1 : len(tok)-1]
+	}
+	var v string
+	if json.Unmarshal([]byte(tok), &v) != nil {
+		return ""
+	}
+	return v
 }
 
 // isScopeToken: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).

@@ -45,12 +45,12 @@ go test -race -count=1 -timeout 10m ./...
 
 step "fuzzing (bounded)"
 # go test -fuzz takes one target per run, so they run one after another:
-# 8 targets x 10 s, about 110 s with start-up. A crash fails the step and
+# 9 targets x 10 s, about 120 s with start-up. A crash fails the step and
 # leaves its input in caddymodule/testdata/fuzz/<target>/: commit it as a
 # regression seed. Minimizing each new input may take up to 60 s by default,
 # which would eat a 10 s budget (FuzzJWT's inputs are long): cap it at 1 s.
 for target in FuzzPushForm FuzzBasicAuth FuzzRequestURI FuzzRewriteMetadata \
-	FuzzJWT FuzzCaddyfile FuzzParseDN FuzzAuthzResponse; do
+	FuzzJWT FuzzCaddyfile FuzzParseDN FuzzAuthzResponse FuzzAuthorizationDetailTypes; do
 	echo "-- $target"
 	go test -run '^$' -fuzz "^${target}\$" -fuzztime 10s -fuzzminimizetime 1s ./caddymodule
 done
