@@ -262,3 +262,30 @@ func TestCaddyRateLimitConfigErrorsNameTheDirective(t *testing.T) {
 		t.Fatalf("push: %s", r)
 	}
 }
+
+// The token endpoint behind the gateway spends the same per-source bucket
+// as the PAR endpoint, before client authentication, and a failed client
+// authentication there costs the source as much as at the PAR endpoint.
+func TestCaddyRateLimitPerSourceCoversTheTokenEndpoint(t *testing.T) {
+	keys := saNewKeys(t)
+	up := tkUpstream(t, nil)
+	c := ctStart(t, up, "", tkBlock(t, keys, "rate_limit {\n\t\t\tper_source 4/1h\n\t\t\tper_client off\n\t\t\tauth_failure_cost 2\n\t\t}"))
+	refresh := "grant_type=refresh_token&refresh_token=RT"
+	good := http.Header{"Authorization": {tkBasic(tkPlainApp, "plain-secret")}}
+	if r := c.postForm(t, "/token", refresh, good); r.Status != http.StatusOK {
+		t.Fatalf("token request: %s", r)
+	}
+	// A wrong secret: 401, and it costs 2 more.
+	ctWantJSONError(t, c.postForm(t, "/token", refresh, http.Header{"Authorization": {tkBasic(tkPlainApp, "wrong")}}), http.StatusUnauthorized, "invalid_client")
+	before := up.count()
+	// 1 + 2 + this one = 4: the last one the bucket holds. Then 429 at both
+	// endpoints, before authentication; nothing goes upstream.
+	if r := c.postForm(t, "/token", refresh, good); r.Status != http.StatusOK {
+		t.Fatalf("token request: %s", r)
+	}
+	before++
+	ctWant429(t, c.postForm(t, "/token", refresh, good), 900)
+	ctWant429(t, c.postForm(t, "/token", refresh, http.Header{"Authorization": {tkBasic(tkPlainApp, "wrong")}}), 900)
+	ctWant429(t, c.postForm(t, "/par", ctAppForm().Encode(), ctBasic(ctAppID, ctAppSecret)), 900)
+	ctWantUpstreamUntouched(t, up, before)
+}

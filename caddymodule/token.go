@@ -20,6 +20,7 @@ const ErrInvalidGrant = "invalid_grant"
 
 // serveToken is the token endpoint.
 func (g *gateway) serveToken(w http.ResponseWriter, r *http.Request, next nextHandler) error {
+	boundBodyRead(w, r)
 	var method string
 	fwd, clientID, oerr := g.tokenRequest(r, next, &method)
 	if oerr != nil {
@@ -35,6 +36,13 @@ func (g *gateway) serveToken(w http.ResponseWriter, r *http.Request, next nextHa
 // request to forward upstream.
 // *method is set to the client authentication method used or tried.
 func (g *gateway) tokenRequest(r *http.Request, next nextHandler, method *string) (*http.Request, string, *oauthError) {
+	// The PAR endpoint's per-source limit guards the same work here
+	// (secret comparison, assertion signatures); the address's bucket is
+	// the one its pushes use.
+	src, oerr := g.limits.checkSource(r)
+	if oerr != nil {
+		return nil, "", oerr
+	}
 	if r.Method != http.MethodPost {
 		e := newError(http.StatusMethodNotAllowed, ErrInvalidRequest, "the token endpoint accepts only POST")
 		e.header = http.Header{"Allow": {http.MethodPost}}
@@ -57,6 +65,9 @@ func (g *gateway) tokenRequest(r *http.Request, next nextHandler, method *string
 	c, m, oerr := g.auth.authenticate(r, form, aud)
 	*method = m
 	if oerr != nil {
+		if oerr.Code == ErrInvalidClient {
+			g.limits.authFailed(src)
+		}
 		return nil, attemptedClientID(r, form), oerr
 	}
 	// With HTTP Basic the body's client_id is optional, but it must not
