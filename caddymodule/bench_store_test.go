@@ -5,9 +5,6 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"hash/maphash"
-	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"runtime"
 	"runtime/metrics"
 	"strings"
@@ -303,23 +300,9 @@ func BenchmarkPARRequestStores(b *testing.B) {
 
 // BenchmarkRedeemStores is BenchmarkRedeem over each store.
 func BenchmarkRedeemStores(b *testing.B) {
-	next := func(w http.ResponseWriter, r *http.Request) error { w.WriteHeader(http.StatusOK); return nil }
 	for _, kind := range storeKinds {
 		b.Run("store="+kind.name, func(b *testing.B) {
-			g := newTestGateway(b, func(g *gateway) { g.store = kind.new(b, 1<<32) })
-			reqs := make([]*http.Request, b.N)
-			for i := range reqs {
-				uri := pushOK(b, g, validPush())
-				reqs[i] = httptest.NewRequest(http.MethodGet, "/authorize?client_id=web-app&request_uri="+url.QueryEscape(uri), nil)
-			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				w := httptest.NewRecorder()
-				if err := g.serveAuthorize(w, reqs[i], next); err != nil || w.Code != http.StatusOK {
-					b.Fatal(err, w.Code)
-				}
-			}
+			benchRedeems(b, newTestGateway(b, func(g *gateway) { g.store = kind.new(b, 1<<32) }))
 		})
 	}
 }
